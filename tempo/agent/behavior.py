@@ -1,0 +1,135 @@
+"""DreamerV2's actor-critic, trained on imagined rollouts (DESIGN.md step 7)."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tempo.agent.optimizer import Optimizer
+from tempo.agent.returns import lambda_return
+from tempo.agent.world_model import WorldModel
+from tempo.networks.heads import Actor, DistHead
+from tempo.networks.rssm import State
+
+ACTOR_GRADS = ("auto", "dynamics", "reinforce", "both")
+
+
+class ActorCritic(tf.Module):
+    """Actor, critic and the slowly updated critic copy V_slow.
+
+    The actor maximizes lambda-returns by backpropagating through the learned
+    dynamics ('dynamics', continuous actions) or by REINFORCE with V_slow as
+    baseline ('reinforce', discrete actions), plus an entropy bonus; the critic
+    regresses the returns weighted by the cumulative discount.
+    """
+
+    def __init__(
+        self,
+        actor: Actor,
+        critic: DistHead,
+        slow_critic: DistHead,
+        actor_opt: Optimizer,
+        critic_opt: Optimizer,
+        horizon: int = 15,
+        lambda_: float = 0.95,
+        actor_grad: str = "auto",
+        actor_grad_mix: float = 0.1,
+        actor_ent: float = 2e-3,
+        slow_target_update: int = 100,
+        slow_target_fraction: float = 1.0,
+        name: str = "behavior",
+    ):
+        super().__init__(name=name)
+        if actor_grad not in ACTOR_GRADS:
+            raise ValueError(f"Unknown actor_grad {actor_grad!r}; choose one of {ACTOR_GRADS}.")
+        if actor_grad == "auto":
+            actor_grad = "reinforce" if actor.discrete else "dynamics"
+        self.actor, self.critic, self.slow_critic = actor, critic, slow_critic
+        self.actor_opt, self.critic_opt = actor_opt, critic_opt
+        self.horizon = horizon
+        self.lambda_ = lambda_
+        self.actor_grad = actor_grad
+        self.actor_grad_mix = actor_grad_mix
+        self.actor_ent = actor_ent
+        self.slow_target_update = slow_target_update
+        self.slow_target_fraction = slow_target_fraction
+        self.updates = tf.Variable(0, dtype=tf.int64, trainable=False, name="updates")
+
+    def build(self, feat_size: int) -> None:
+        feat = tf.zeros([1, feat_size])
+        for net in (self.actor, self.critic, self.slow_critic):
+            net(feat)
+        self.slow_critic.set_weights(self.critic.get_weights())
+        self.actor_opt.build(self.actor.trainable_variables)
+        self.critic_opt.build(self.critic.trainable_variables)
+
+    def train(
+        self, world_model: WorldModel, start: State, is_terminal: tf.Tensor, seed=None
+    ) -> dict[str, tf.Tensor]:
+        """One actor step and one critic step from imagined rollouts of `start`."""
+        self._update_slow_critic()
+        with tf.GradientTape() as actor_tape:
+            seq = world_model.imagine(self.actor, start, is_terminal, self.horizon, seed)
+            reward = world_model.reward_head(seq["feat"]).mode()
+            target = self.target(reward, seq)
+            actor_loss, metrics = self.actor_loss(seq, target)
+        with tf.GradientTape() as critic_tape:
+            critic_loss = self.critic_loss(seq, target)
+        metrics["actor_grad_norm"] = self.actor_opt.apply(
+            actor_tape.gradient(actor_loss, self.actor.trainable_variables),
+            self.actor.trainable_variables,
+        )
+        metrics["critic_grad_norm"] = self.critic_opt.apply(
+            critic_tape.gradient(critic_loss, self.critic.trainable_variables),
+            self.critic.trainable_variables,
+        )
+        self.updates.assign_add(1)
+        metrics.update(
+            actor_loss=actor_loss,
+            critic_loss=critic_loss,
+            imag_reward_mean=tf.reduce_mean(reward),
+            imag_return_mean=tf.reduce_mean(target),
+        )
+        return metrics
+
+    def target(self, reward: tf.Tensor, seq: dict) -> tf.Tensor:
+        """Lambda-returns of the imagined sequence, bootstrapped with V_slow: [H, N]."""
+        value = self.slow_critic(seq["feat"]).mode()
+        disc = tf.cast(seq["discount"], value.dtype)
+        reward = tf.cast(reward, value.dtype)
+        return lambda_return(reward[:-1], value[:-1], disc[:-1], value[-1], self.lambda_)
+
+    def actor_loss(self, seq: dict, target: tf.Tensor) -> tuple[tf.Tensor, dict]:
+        policy = self.actor(tf.stop_gradient(seq["feat"][:-2]))
+        metrics = {}
+        if self.actor_grad == "dynamics":
+            objective = target[1:]
+        else:
+            baseline = self.slow_critic(seq["feat"][:-2]).mode()
+            advantage = tf.stop_gradient(target[1:] - baseline)
+            action = tf.stop_gradient(seq["action"][1:-1])
+            objective = policy.log_prob(tf.cast(action, advantage.dtype)) * advantage
+            if self.actor_grad == "both":
+                mix = self.actor_grad_mix
+                objective = mix * target[1:] + (1 - mix) * objective
+        entropy = policy.entropy()
+        objective += self.actor_ent * entropy
+        weight = tf.stop_gradient(tf.cast(seq["weight"], objective.dtype))
+        metrics["actor_entropy"] = tf.reduce_mean(entropy)
+        return -tf.reduce_mean(weight[:-2] * objective), metrics
+
+    def critic_loss(self, seq: dict, target: tf.Tensor) -> tf.Tensor:
+        dist = self.critic(tf.stop_gradient(seq["feat"][:-1]))
+        weight = tf.stop_gradient(tf.cast(seq["weight"], target.dtype))
+        return -tf.reduce_mean(dist.log_prob(tf.stop_gradient(target)) * weight[:-1])
+
+    def _update_slow_critic(self) -> None:
+        """Every `slow_target_update` updates: V_slow <- mix * V + (1 - mix) * V_slow."""
+        mix = self.slow_target_fraction
+
+        def update():
+            for slow, fast in zip(self.slow_critic.variables, self.critic.variables):
+                slow.assign(mix * fast + (1 - mix) * slow)
+            return tf.constant(True)
+
+        due = tf.equal(self.updates % self.slow_target_update, 0)
+        tf.cond(due, update, lambda: tf.constant(False))

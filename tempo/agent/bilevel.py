@@ -1,0 +1,196 @@
+"""The compiled bi-level TEMPO trainer; with `meta=False` it is plain DreamerV2.
+
+`BilevelTrainer.train` runs one update of DESIGN.md section 2, each step a
+named method: infer, task-aware (upper) loss, meta weights, weighted (lower)
+loss, model step, meta step (hypergradient), behaviour step.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tempo.agent.behavior import ActorCritic
+from tempo.agent.hypergradient import SIGNS, bilevel_gradients, meta_gradient
+from tempo.agent.optimizer import Optimizer
+from tempo.agent.world_model import WorldModel
+from tempo.networks.meta_weighter import MetaWeighter
+from tempo.networks.rssm import State, split_seed
+
+
+class BilevelTrainer(tf.Module):
+    """Owns the world model, meta-weighter, actor-critic, their optimizers, the
+    update counter and the random generator, so one checkpoint of it restores
+    a run exactly."""
+
+    def __init__(
+        self,
+        world_model: WorldModel,
+        behavior: ActorCritic,
+        meta_weighter: MetaWeighter,
+        model_opt: Optimizer,
+        meta_opt: Optimizer,
+        meta: bool = True,
+        hypergrad_sign: str = "released",
+        lookahead_lr: float | None = None,
+        jit_compile: bool = False,
+        seed: int = 0,
+        name: str = "trainer",
+    ):
+        super().__init__(name=name)
+        if hypergrad_sign not in SIGNS:
+            raise ValueError(f"Unknown hypergrad_sign {hypergrad_sign!r}; choose one of {SIGNS}.")
+        self.world_model = world_model
+        self.behavior = behavior
+        self.meta_weighter = meta_weighter
+        self.model_opt = model_opt
+        self.meta_opt = meta_opt
+        self.meta = meta
+        self.hypergrad_sign = hypergrad_sign
+        # eta of the one-step look-ahead; the model learning rate unless set.
+        self.lookahead_lr = model_opt.lr if lookahead_lr is None else lookahead_lr
+        self.jit_compile = jit_compile
+        self.rng = tf.random.Generator.from_seed(seed)
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="train_step")
+        self._compiled = tf.function(self._train_step, jit_compile=jit_compile)
+        self._built = False
+
+    # ----- set-up ---------------------------------------------------------------
+    def build(self) -> BilevelTrainer:
+        """Creates every variable and optimizer slot eagerly (before compiling)."""
+        wm = self.world_model
+        wm.build_from_shapes(wm.rssm.action_size)
+        self.behavior.build(wm.rssm.feat_size)
+        self.meta_weighter(tf.zeros([1, self.meta_input_size]))
+        self.meta_weighter.normalize_values(tf.zeros([2]), tf.zeros([2]))
+        self.model_opt.build(wm.trainable_variables)
+        self.meta_opt.build(self.meta_weighter.trainable_variables)
+        self._built = True
+        return self
+
+    @property
+    def meta_input_size(self) -> int:
+        rssm = self.world_model.rssm
+        return rssm.deter + 2 * rssm.stats_size + 2
+
+    def initial_state(self, batch_size: int) -> State:
+        return self.world_model.rssm.initial(batch_size)
+
+    def parameter_counts(self) -> dict[str, int]:
+        """All variables (batch-norm statistics included) per network."""
+        count = lambda m: int(sum(v.shape.num_elements() for v in m.variables))
+        return {
+            "world_model": count(self.world_model),
+            "meta_weighter": count(self.meta_weighter),
+            "actor": count(self.behavior.actor),
+            "critic": count(self.behavior.critic),
+        }
+
+    # ----- the update -------------------------------------------------------------
+    def train(self, data: dict[str, tf.Tensor], state: State) -> tuple[State, dict]:
+        """One compiled update on a [B, T] batch; returns the last posterior state
+        (to carry into the next batch of the same sequences) and scalar metrics."""
+        if not self._built:
+            self.build()
+        return self._compiled(data, state)
+
+    def _train_step(self, data: dict, state: State) -> tuple[State, dict]:
+        model_seed, behavior_seed = split_seed(self.rng.make_seeds(1)[:, 0], 2)
+        data = self.world_model.preprocess(data)
+        model_vars = self.world_model.trainable_variables
+        if self.meta:
+            g_low, _, h, aux = bilevel_gradients(
+                lambda: self.losses(data, state, model_seed),
+                model_vars,
+                self.world_model.rep_variables,
+                self.meta_weighter.trainable_variables,
+            )
+        else:
+            with tf.GradientTape() as tape:
+                lower, _, aux = self.losses(data, state, model_seed)
+            g_low = tape.gradient(lower, model_vars)
+        metrics = dict(aux["metrics"])
+        metrics["model_grad_norm"] = self.model_step(g_low)
+        if self.meta:
+            metrics["meta_grad_norm"] = self.meta_step(h)
+        post = {k: tf.stop_gradient(v) for k, v in aux["post"].items()}
+        metrics.update(
+            self.behavior.train(self.world_model, post, data["is_terminal"], behavior_seed)
+        )
+        self.step.assign_add(1)
+        last = {k: v[:, -1] for k, v in post.items()}
+        return last, {k: tf.cast(v, tf.float32) for k, v in metrics.items()}
+
+    def losses(self, data: dict, state: State, seed=None) -> tuple[tf.Tensor, tf.Tensor, dict]:
+        """Steps 1-4 on a preprocessed batch from one pass of the RSSM: returns
+        (lower loss, upper loss, aux) with aux holding post, prior and metrics."""
+        wm = self.world_model
+        _, post, prior = wm.infer(data, state, seed)
+        metrics = {}
+        if self.meta:
+            upper, v_post_n, v_prior_n = self.task_aware_loss(post, prior)
+            weights = self.meta_weights(post, prior, v_post_n, v_prior_n)
+            metrics.update(meta_metrics(weights, upper, self.meta_weighter))
+        else:
+            upper, weights = tf.zeros([], tf.float32), None
+        likes = wm.log_likelihoods(data, post)
+        lower, model_metrics = wm.weighted_loss(likes, wm.kl_terms(post, prior), weights)
+        metrics.update(model_metrics)
+        return lower, upper, {"post": post, "prior": prior, "metrics": metrics}
+
+    def task_aware_loss(self, post: State, prior: State) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """Step 2: L_up = mean((v_post_n - v_prior_n)^2) under V_slow, with the two
+        value sets normalized together by batch statistics."""
+        rssm, critic = self.world_model.rssm, self.behavior.slow_critic
+        v_post = critic(rssm.get_feat(post)).mode()
+        v_prior = critic(rssm.get_feat(prior)).mode()
+        v_post_n, v_prior_n = self.meta_weighter.normalize_values(v_post, v_prior, training=True)
+        return tf.reduce_mean(tf.square(v_post_n - v_prior_n)), v_post_n, v_prior_n
+
+    def meta_weights(self, post: State, prior: State, v_post_n, v_prior_n) -> tf.Tensor:
+        """Step 3: w = N(sg(deter, post stats, prior stats, normalized values)), [B, T]."""
+        rssm = self.world_model.rssm
+        dtype = self.meta_weighter.compute_dtype
+        parts = [
+            post["deter"],
+            rssm.get_stats(post),
+            rssm.get_stats(prior),
+            v_post_n[..., None],
+            v_prior_n[..., None],
+        ]
+        inputs = tf.concat([tf.cast(p, dtype) for p in parts], -1)
+        return self.meta_weighter(tf.stop_gradient(inputs), training=True)
+
+    def model_step(self, grads) -> tf.Tensor:
+        """Step 5: Adam on theta with the lower-loss gradient."""
+        return self.model_opt.apply(grads, self.world_model.trainable_variables)
+
+    def meta_step(self, h) -> tf.Tensor:
+        """Step 6: Adam on alpha with the hypergradient in the configured sign."""
+        grads = meta_gradient(h, self.hypergrad_sign, self.lookahead_lr)
+        return self.meta_opt.apply(grads, self.meta_weighter.trainable_variables)
+
+    def meta_gradient(self, data: dict, state: State, seed) -> list[tf.Tensor]:
+        """The gradient the meta step would apply on this batch (nothing updated);
+        `seed` is a stateless seed. For tests and diagnostics."""
+        data = self.world_model.preprocess(data)
+        _, _, h, _ = bilevel_gradients(
+            lambda: self.losses(data, state, seed),
+            self.world_model.trainable_variables,
+            self.world_model.rep_variables,
+            self.meta_weighter.trainable_variables,
+        )
+        return meta_gradient(h, self.hypergrad_sign, self.lookahead_lr)
+
+
+def meta_metrics(weights: tf.Tensor, upper: tf.Tensor, meta_weighter: MetaWeighter) -> dict:
+    mean, var = tf.nn.moments(tf.reshape(weights, [-1]), [0])
+    norm = meta_weighter.value_norm
+    return {
+        "upper_loss": upper,
+        "meta_weight_mean": mean,
+        "meta_weight_std": tf.sqrt(var),
+        "meta_weight_min": tf.reduce_min(weights),
+        "meta_weight_max": tf.reduce_max(weights),
+        "value_norm_mean": norm.moving_mean[0],
+        "value_norm_std": tf.sqrt(norm.moving_variance[0]),
+    }

@@ -1,0 +1,206 @@
+"""The world model: encoder, RSSM and heads, with TEMPO's per-sample weighted loss."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import tensorflow as tf
+
+from tempo.agent.kl import balanced_kl
+from tempo.networks.decoder import Decoder
+from tempo.networks.encoder import Encoder
+from tempo.networks.heads import DistHead
+from tempo.networks.rssm import RSSM, State, split_seed
+
+REWARD_TRANSFORMS = {"identity": tf.identity, "tanh": tf.tanh, "sign": tf.sign}
+RESERVED_KEYS = ("action", "reward", "is_first", "is_last", "is_terminal", "discount")
+
+
+class WorldModel(tf.keras.Model):
+    """Owns the representation (encoder + RSSM, `theta_rep`) and the heads that
+    predict observations, rewards and (optionally) discounts from features."""
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        rssm: RSSM,
+        decoder: Decoder,
+        reward_head: DistHead,
+        discount_head: DistHead | None = None,
+        discount: float = 0.99,
+        reward_transform: str = "tanh",
+        loss_scales: dict[str, float] | None = None,
+        kl_balance: float = 0.8,
+        kl_free: float = 0.0,
+        kl_free_avg: bool = True,
+        grad_heads: tuple[str, ...] = ("decoder", "reward", "discount"),
+        name: str = "world_model",
+        **kwargs,
+    ):
+        super().__init__(name=name, **kwargs)
+        if reward_transform not in REWARD_TRANSFORMS:
+            raise ValueError(
+                f"Unknown reward_transform {reward_transform!r}; "
+                f"choose one of {sorted(REWARD_TRANSFORMS)}."
+            )
+        unknown = set(grad_heads) - {"decoder", "reward", "discount"}
+        if unknown:
+            raise ValueError(
+                f"Unknown grad_heads {sorted(unknown)}; use decoder, reward, discount."
+            )
+        self.encoder = encoder
+        self.rssm = rssm
+        self.decoder = decoder
+        self.reward_head = reward_head
+        self.discount_head = discount_head
+        self.discount = discount
+        self.reward_transform = reward_transform
+        self.loss_scales = dict(loss_scales or {})
+        self.kl_balance = kl_balance
+        self.kl_free = kl_free
+        self.kl_free_avg = kl_free_avg
+        self.grad_heads = tuple(grad_heads)
+
+    # ----- variables -------------------------------------------------------
+    @property
+    def rep_variables(self) -> list[tf.Variable]:
+        """theta_rep: what the task-aware upper loss differentiates (encoder + RSSM)."""
+        return self.encoder.trainable_variables + self.rssm.trainable_variables
+
+    def build_from_shapes(self, action_size: int) -> None:
+        """Creates every variable with one tiny eager forward pass."""
+        data = {k: tf.zeros([1, 1, *s], self._obs_dtype(k)) for k, s in self.encoder.shapes.items()}
+        data.update(
+            action=tf.zeros([1, 1, action_size]),
+            reward=tf.zeros([1, 1]),
+            is_first=tf.ones([1, 1], tf.bool),
+            is_terminal=tf.zeros([1, 1], tf.bool),
+        )
+        data = self.preprocess(data)
+        _, post, _ = self.infer(data, self.rssm.initial(1))
+        self.log_likelihoods(data, post)
+
+    def _obs_dtype(self, key: str) -> tf.DType:
+        return tf.uint8 if len(self.encoder.shapes[key]) == 3 else tf.float32
+
+    # ----- step 0: preprocess -------------------------------------------------
+    def preprocess(self, data: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """uint8 images -> [-0.5, 0.5]; transformed rewards; discount targets
+        gamma * (1 - is_terminal)."""
+        dtype = self.compute_dtype
+        out = {}
+        for key, value in data.items():
+            if value.dtype == tf.uint8:
+                value = tf.cast(value, dtype) / 255.0 - 0.5
+            elif value.dtype.is_floating:
+                value = tf.cast(value, dtype)
+            out[key] = value
+        if "reward" in out:
+            out["reward"] = REWARD_TRANSFORMS[self.reward_transform](out["reward"])
+        if "is_terminal" in out:
+            out["discount"] = self.discount * (1.0 - tf.cast(out["is_terminal"], dtype))
+        return out
+
+    # ----- step 1: infer --------------------------------------------------------
+    def infer(self, data: dict, state: State, seed=None) -> tuple[tf.Tensor, State, State]:
+        embed = self.encoder(data)
+        post, prior = self.rssm.observe(embed, data["action"], data["is_first"], state, seed)
+        return embed, post, prior
+
+    # ----- step 4: per-sample terms and the weighted loss ------------------------
+    def log_likelihoods(self, data: dict, post: State) -> dict[str, tf.Tensor]:
+        """Per-sample [B, T] log-likelihood of every predicted quantity."""
+        feat = self.rssm.get_feat(post)
+        feat_for = lambda head: feat if head in self.grad_heads else tf.stop_gradient(feat)
+        likes = {}
+        for key, dist in self.decoder(feat_for("decoder")).items():
+            likes[key] = dist.log_prob(data[key])
+        likes["reward"] = self.reward_head(feat_for("reward")).log_prob(data["reward"])
+        if self.discount_head is not None:
+            likes["discount"] = self.discount_head(feat_for("discount")).log_prob(data["discount"])
+        return likes
+
+    def kl_terms(self, post: State, prior: State) -> tuple[tf.Tensor, tf.Tensor]:
+        """Per-sample KL(sg(post) || prior) and KL(post || sg(prior)) (same values,
+        different gradients)."""
+        sg = lambda s: {k: tf.stop_gradient(v) for k, v in s.items()}
+        dist = self.rssm.get_dist
+        train_prior = dist(sg(post)).kl_divergence(dist(prior))
+        train_post = dist(post).kl_divergence(dist(sg(prior)))
+        return train_prior, train_post
+
+    def weighted_loss(
+        self,
+        likes: dict[str, tf.Tensor],
+        kls: tuple[tf.Tensor, tf.Tensor],
+        weights: tf.Tensor | None = None,
+    ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+        """L_low = sum_k scale_k * -mean(w * l_k) + scale_kl * balanced KL (w = 1 if None)."""
+        return weighted_model_loss(
+            likes, kls, weights, self.loss_scales, self.kl_balance, self.kl_free, self.kl_free_avg
+        )
+
+    # ----- imagination for the behaviour step ----------------------------------
+    def imagine(
+        self,
+        policy: Callable[[tf.Tensor], object],
+        start: State,
+        is_terminal: tf.Tensor,
+        horizon: int,
+        seed=None,
+    ) -> dict[str, tf.Tensor]:
+        """Rolls the prior forward `horizon` steps from every start state with
+        actions sampled from `policy(features)`. Returns time-major [H + 1, N]
+        tensors: feat, action, discount, weight (cumulative discount), and the
+        RSSM state entries."""
+        flat = lambda x: tf.reshape(x, [-1, *x.shape[2:]])
+        state = {k: flat(v) for k, v in start.items()}
+        feat = self.rssm.get_feat(state)
+        action = tf.zeros([tf.shape(feat)[0], self.rssm.action_size], feat.dtype)
+        seq = {k: [v] for k, v in state.items()}
+        seq["feat"], seq["action"] = [feat], [action]
+        for step_seed in split_seed(seed, horizon):
+            act_seed, img_seed = split_seed(step_seed, 2)
+            action = policy(tf.stop_gradient(feat)).sample(seed=act_seed)
+            state = self.rssm.img_step(state, action, img_seed)
+            feat = self.rssm.get_feat(state)
+            for key, value in state.items():
+                seq[key].append(value)
+            seq["feat"].append(feat)
+            seq["action"].append(tf.cast(action, feat.dtype))
+        seq = {k: tf.stack(v, 0) for k, v in seq.items()}
+        dtype = tf.float32 if feat.dtype in (tf.float16, tf.bfloat16) else feat.dtype
+        if self.discount_head is not None:
+            disc = self.discount_head(seq["feat"]).mean()
+            first = self.discount * (1.0 - tf.cast(flat(is_terminal), dtype))
+            disc = tf.concat([first[None], disc[1:]], 0)
+        else:
+            disc = self.discount * tf.ones(tf.shape(seq["feat"])[:-1], dtype)
+        seq["discount"] = disc
+        seq["weight"] = tf.math.cumprod(tf.concat([tf.ones_like(disc[:1]), disc[:-1]], 0), 0)
+        return seq
+
+
+def weighted_model_loss(
+    likes: dict[str, tf.Tensor],
+    kls: tuple[tf.Tensor, tf.Tensor],
+    weights: tf.Tensor | None,
+    loss_scales: dict[str, float],
+    kl_balance: float,
+    kl_free: float,
+    kl_free_avg: bool,
+) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+    """DESIGN.md step 4: L_low = sum_k scale_k * L_k + scale_kl * L_kl with
+    L_k = -mean(w * l_k) and the balanced KL weighted per sample."""
+    losses = {}
+    for key, like in likes.items():
+        w = 1.0 if weights is None else tf.cast(weights, like.dtype)
+        losses[key] = -tf.reduce_mean(w * like)
+    losses["kl"] = balanced_kl(kls[0], kls[1], weights, kl_balance, kl_free, kl_free_avg)
+    total = tf.add_n(
+        [loss_scales.get(k, 1.0) * tf.cast(v, losses["kl"].dtype) for k, v in losses.items()]
+    )
+    metrics = {f"{k}_loss": v for k, v in losses.items()}
+    metrics["kl"] = tf.reduce_mean(kls[0])
+    metrics["model_loss"] = total
+    return total, metrics

@@ -1,0 +1,69 @@
+"""Dense stacks shared by the encoder, decoder, heads and meta-weighter."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+NORMS = ("none", "layer", "batch")
+
+
+def activation(name: str):
+    """Looks up an activation by name ('elu', 'relu', 'tanh', 'none', ...)."""
+    if name in (None, "none", "linear", "identity"):
+        return tf.identity
+    return tf.keras.activations.get(name)
+
+
+def norm_layer(norm: str, name: str, **kwargs) -> tf.keras.layers.Layer | None:
+    if norm == "none":
+        return None
+    if norm == "layer":
+        return tf.keras.layers.LayerNormalization(epsilon=1e-3, name=name, **kwargs)
+    if norm == "batch":
+        return tf.keras.layers.BatchNormalization(name=name, **kwargs)
+    raise ValueError(f"Unknown norm {norm!r}; choose one of {NORMS}.")
+
+
+class MLP(tf.keras.layers.Layer):
+    """`layers` x (Dense(units) -> norm -> activation).
+
+    Inputs may have any number of leading batch dimensions; they are flattened
+    for the dense layers (batch normalization then sees every sample).
+    """
+
+    def __init__(
+        self,
+        layers: int = 4,
+        units: int = 400,
+        act: str = "elu",
+        norm: str = "none",
+        name: str = "mlp",
+        **kwargs,
+    ):
+        super().__init__(name=name, **kwargs)
+        self._act = activation(act)
+        self._dense = [tf.keras.layers.Dense(units, name=f"dense{i}") for i in range(layers)]
+        self._norms = [norm_layer(norm, name=f"norm{i}") for i in range(layers)]
+
+    def call(self, x: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        lead = leading_shape(x, 1)
+        x = tf.reshape(x, [-1, x.shape[-1]])
+        for dense, norm in zip(self._dense, self._norms):
+            x = dense(x)
+            if norm is not None:
+                x = norm(x, training=training)
+            x = self._act(x)
+        return restore_leading(x, lead)
+
+
+def leading_shape(x: tf.Tensor, event_dims: int):
+    """The batch dimensions in front of the last `event_dims`, static when known."""
+    lead = x.shape[: len(x.shape) - event_dims]
+    return lead.as_list() if lead.is_fully_defined() else tf.shape(x)[: len(lead)]
+
+
+def restore_leading(x: tf.Tensor, lead) -> tf.Tensor:
+    """Undoes a flatten of the leading dimensions (keeps x's trailing shape)."""
+    if isinstance(lead, list):
+        return tf.reshape(x, lead + x.shape[1:].as_list())
+    return tf.reshape(x, tf.concat([lead, tf.shape(x)[1:]], 0))
