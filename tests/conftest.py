@@ -6,3 +6,18 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def float64():
+    """Builds Keras layers in float64 for the duration of a test."""
+    import tensorflow as tf
+
+    import tempo  # noqa: F401
+
+    previous = tf.keras.backend.floatx()
+    tf.keras.backend.set_floatx("float64")
+    yield
+    tf.keras.backend.set_floatx(previous)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import tensorflow as tf
+
 from tempo.agent.behavior import ActorCritic
 from tempo.agent.bilevel import BilevelTrainer
 from tempo.agent.optimizer import Optimizer
@@ -50,13 +52,15 @@ def build_trainer(
         is_first, ...). Images are rank 3 uint8, vectors rank 1.
       action_size: one-hot size (discrete) or action dimensions (continuous).
       discrete: whether actions are one-hot categorical.
-      seed: seeds the trainer's random generator.
+      seed: seeds the weight initializers (through Keras' global seed) and the
+        trainer's own random generator, so equal seeds give equal runs.
       pred_discount: learn a discount head (episodes that terminate) or use the
         constant discount in imagination.
     """
     if action_size < 1:
         raise ValueError(f"action_size must be positive, got {action_size}.")
     shapes = {k: tuple(int(d) for d in s) for k, s in obs_shapes.items()}
+    tf.keras.utils.set_random_seed(seed)
     wm = world_model(
         encoder=encoder(shapes),
         rssm=rssm(action_size),

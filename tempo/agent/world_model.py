@@ -35,9 +35,8 @@ class WorldModel(tf.keras.Model):
         kl_free_avg: bool = True,
         grad_heads: tuple[str, ...] = ("decoder", "reward", "discount"),
         name: str = "world_model",
-        **kwargs,
     ):
-        super().__init__(name=name, **kwargs)
+        super().__init__(name=name)
         if reward_transform not in REWARD_TRANSFORMS:
             raise ValueError(
                 f"Unknown reward_transform {reward_transform!r}; "
@@ -90,6 +89,7 @@ class WorldModel(tf.keras.Model):
         dtype = self.compute_dtype
         out = {}
         for key, value in data.items():
+            value = tf.convert_to_tensor(value)
             if value.dtype == tf.uint8:
                 value = tf.cast(value, dtype) / 255.0 - 0.5
             elif value.dtype.is_floating:

@@ -27,9 +27,8 @@ class Decoder(tf.keras.Model):
         cnn_kernels: tuple[int, ...] = (5, 5, 6, 6),
         mlp_layers: tuple[int, ...] = (400, 400, 400, 400),
         name: str = "decoder",
-        **kwargs,
     ):
-        super().__init__(name=name, **kwargs)
+        super().__init__(name=name)
         self.shapes = {k: tuple(v) for k, v in shapes.items()}
         self.cnn_keys, self.mlp_keys = select_keys(self.shapes, cnn_keys, mlp_keys)
         self._act = activation(act)

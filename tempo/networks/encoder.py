@@ -41,9 +41,8 @@ class Encoder(tf.keras.Model):
         cnn_kernels: tuple[int, ...] = (4, 4, 4, 4),
         mlp_layers: tuple[int, ...] = (400, 400, 400, 400),
         name: str = "encoder",
-        **kwargs,
     ):
-        super().__init__(name=name, **kwargs)
+        super().__init__(name=name)
         self.shapes = {k: tuple(v) for k, v in shapes.items()}
         self.cnn_keys, self.mlp_keys = select_keys(self.shapes, cnn_keys, mlp_keys)
         self._act = activation(act)

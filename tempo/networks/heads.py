@@ -78,9 +78,8 @@ class DistHead(tf.keras.Model):
         norm: str = "none",
         min_std: float = 0.1,
         name: str = "head",
-        **kwargs,
     ):
-        super().__init__(name=name, **kwargs)
+        super().__init__(name=name)
         self.mlp = MLP(layers, units, act, norm, name="mlp")
         self.dist = DistLayer(shape, dist, min_std=min_std, name="dist")
 
@@ -102,7 +101,6 @@ class Actor(DistHead):
         norm: str = "none",
         min_std: float = 0.1,
         name: str = "actor",
-        **kwargs,
     ):
         super().__init__(
             (action_size,),
@@ -113,7 +111,6 @@ class Actor(DistHead):
             norm,
             min_std,
             name=name,
-            **kwargs,
         )
         self.action_size = action_size
         self.discrete = discrete

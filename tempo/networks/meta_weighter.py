@@ -27,9 +27,8 @@ class MetaWeighter(tf.keras.Model):
         low: float = 0.75,
         high: float = 1.25,
         name: str = "meta_weighter",
-        **kwargs,
     ):
-        super().__init__(name=name, **kwargs)
+        super().__init__(name=name)
         if not low < high:
             raise ValueError(f"MetaWeighter needs low < high, got low={low}, high={high}.")
         self.low, self.high = low, high

@@ -66,9 +66,8 @@ class RSSM(tf.keras.Model):
         std_act: str = "sigmoid2",
         min_std: float = 0.1,
         name: str = "rssm",
-        **kwargs,
     ):
-        super().__init__(name=name, **kwargs)
+        super().__init__(name=name)
         if std_act not in ("softplus", "sigmoid", "sigmoid2"):
             raise ValueError(f"Unknown std_act {std_act!r}; use softplus, sigmoid or sigmoid2.")
         self.action_size = action_size

@@ -1,0 +1,143 @@
+"""Shapes, dtypes and value ranges through every network."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from support import random_batch
+
+import tempo  # noqa: F401
+from tempo.networks.decoder import Decoder
+from tempo.networks.distributions import OneHotDist
+from tempo.networks.encoder import Encoder, select_keys
+from tempo.networks.heads import Actor, DistHead
+from tempo.networks.meta_weighter import MetaWeighter
+from tempo.networks.rssm import RSSM
+
+OBS = {
+    "image": {"image": (64, 64, 3)},
+    "vector": {"position": (4,), "velocity": (3,)},
+    "mixed": {"image": (64, 64, 1), "position": (4,)},
+}
+B, T, A = 2, 3, 5
+
+
+@pytest.mark.parametrize("obs", sorted(OBS))
+@pytest.mark.parametrize("classes", [0, 4])
+def test_world_model_networks_shapes(obs, classes):
+    shapes = OBS[obs]
+    data = random_batch(shapes, A, True, batch=B, length=T)
+    inputs = {
+        k: tf.cast(data[k], tf.float32) / 255.0 - 0.5 if v.dtype == np.uint8 else tf.constant(v)
+        for k, v in data.items()
+        if k in shapes
+    }
+    encoder = Encoder(shapes, cnn_depth=2, mlp_layers=(8, 8))
+    embed = encoder(inputs)
+    cnn_size = (
+        2 * 2 * 8 * 2 if encoder.cnn_keys else 0
+    )  # 64 -> 31 -> 14 -> 6 -> 2 pixels, 8 * depth
+    assert embed.shape == (B, T, cnn_size + (8 if encoder.mlp_keys else 0))
+    assert embed.dtype == tf.float32
+
+    rssm = RSSM(A, stoch=3, discrete=classes, deter=6, hidden=7)
+    post, prior = rssm.observe(embed, tf.constant(data["action"]), tf.constant(data["is_first"]))
+    stoch_shape = (B, T, 3, classes) if classes else (B, T, 3)
+    for state in (post, prior):
+        assert state["stoch"].shape == stoch_shape
+        assert state["deter"].shape == (B, T, 6)
+        assert set(state) == (
+            {"stoch", "deter", "logit"} if classes else {"stoch", "deter", "mean", "std"}
+        )
+    if classes:  # one-hot samples
+        np.testing.assert_allclose(tf.reduce_sum(post["stoch"], -1), np.ones((B, T, 3)))
+    else:
+        assert float(tf.reduce_min(post["std"])) >= 0.1  # min_std
+    feat = rssm.get_feat(post)
+    assert feat.shape == (B, T, rssm.feat_size) == (B, T, 6 + 3 * (classes or 1))
+    assert rssm.get_stats(prior).shape == (B, T, rssm.stats_size)
+    kl = rssm.get_dist(post).kl_divergence(rssm.get_dist(prior))
+    assert kl.shape == (B, T) and float(tf.reduce_min(kl)) >= -1e-5
+
+    imagined = rssm.imagine(tf.zeros([B, 4, A]), {k: v[:, -1] for k, v in post.items()})
+    assert imagined["deter"].shape == (B, 4, 6)
+
+    decoder = Decoder(shapes, cnn_depth=2, mlp_layers=(8, 8))
+    dists = decoder(feat)
+    assert set(dists) == set(shapes)
+    for key, shape in shapes.items():
+        assert dists[key].mode().shape == (B, T, *shape)
+        assert dists[key].log_prob(inputs[key]).shape == (B, T)
+
+    reward = DistHead((), "mse", layers=2, units=8)(feat)
+    assert reward.mode().shape == (B, T)
+    discount = DistHead((), "binary", layers=2, units=8)(feat)
+    mean = discount.mean()
+    assert (
+        mean.shape == (B, T) and float(tf.reduce_min(mean)) >= 0 and float(tf.reduce_max(mean)) <= 1
+    )
+
+
+def test_is_first_resets_the_state():
+    rssm = RSSM(2, stoch=3, discrete=4, deter=5, hidden=5)
+    embed = tf.random.normal([1, 2, 7])
+    is_first = tf.constant([[True, True]])
+    action = tf.random.normal([1, 2, 2])
+    carried = {k: v + 3.0 for k, v in rssm.initial(1).items()}
+    post, _ = rssm.observe(embed, action, is_first, carried, seed=tf.constant([1, 2]))
+    fresh, _ = rssm.observe(embed, action, is_first, None, seed=tf.constant([1, 2]))
+    # With is_first everywhere, the carried state and actions are ignored.
+    for key in post:
+        np.testing.assert_allclose(post[key], fresh[key], rtol=1e-6)
+
+
+@pytest.mark.parametrize("discrete", [True, False])
+def test_actor_samples_follow_the_action_convention(discrete):
+    actor = Actor(4, discrete, layers=2, units=8)
+    dist = actor(tf.random.normal([6, 10]))
+    sample = dist.sample(seed=tf.constant([0, 1]))
+    mode = dist.mode()
+    assert sample.shape == mode.shape == (6, 4)
+    if discrete:
+        np.testing.assert_allclose(tf.reduce_sum(sample, -1), np.ones(6))
+        assert set(np.unique(mode.numpy())) <= {0.0, 1.0}
+    else:
+        assert float(tf.reduce_max(tf.abs(sample))) < 1.0
+        assert float(tf.reduce_max(tf.abs(mode))) <= 1.0
+    assert dist.entropy().shape == (6,)
+    assert np.isfinite(dist.log_prob(sample).numpy()).all()
+
+
+def test_onehot_sample_has_straight_through_gradient():
+    logits = tf.Variable([[0.3, -0.2, 1.0]])
+    target = tf.constant([[1.0, 2.0, 3.0]])
+    with tf.GradientTape() as tape:
+        sample = OneHotDist(logits).sample(seed=tf.constant([4, 2]))
+        loss = tf.reduce_sum(sample * target)
+    grad = tape.gradient(loss, logits)
+    probs = tf.nn.softmax(logits)
+    # d/dlogits of sum(probs * target), the straight-through estimator.
+    expected = probs * (target - tf.reduce_sum(probs * target, -1, keepdims=True))
+    np.testing.assert_allclose(grad, expected, rtol=1e-5)
+    assert float(tf.reduce_sum(sample)) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_meta_weighter_range_and_value_normalizer():
+    meta = MetaWeighter(layers=2, units=8)
+    weights = meta(100.0 * tf.random.normal([2, 5, 9]), training=True)
+    assert weights.shape == (2, 5)
+    assert float(tf.reduce_min(weights)) >= 0.75 and float(tf.reduce_max(weights)) <= 1.25
+    v_post, v_prior = tf.random.normal([2, 5]) * 3 + 1, tf.random.normal([2, 5])
+    post_n, prior_n = meta.normalize_values(v_post, v_prior, training=True)
+    both = np.concatenate([post_n.numpy().ravel(), prior_n.numpy().ravel()])
+    raw = np.concatenate([v_post.numpy().ravel(), v_prior.numpy().ravel()])
+    np.testing.assert_allclose(
+        both, (raw - raw.mean()) / np.sqrt(raw.var() + 1e-3), rtol=1e-4, atol=1e-5
+    )
+    # Running statistics move toward the batch's with momentum 0.9.
+    np.testing.assert_allclose(meta.value_norm.moving_mean.numpy(), [0.1 * raw.mean()], rtol=1e-4)
+
+
+def test_key_selection_errors_name_the_keys():
+    assert select_keys({"image": (8, 8, 3), "pos": (2,)}, "image", "$^") == (["image"], [])
+    with pytest.raises(ValueError, match="available keys"):
+        select_keys({"pos": (2,)}, "image", "$^")
