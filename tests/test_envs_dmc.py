@@ -1,0 +1,107 @@
+"""DeepMind Control: pixels and proprio observations, action repeat, time limits, seeding."""
+
+import gymnasium
+import numpy as np
+import pytest
+
+from tempo.envs import make_env
+from tempo.envs.dmc import resolve_task
+
+
+def run_until_last(env, action, max_steps, check=False):
+    """Repeat ``action`` until is_last; return (agent steps taken, last observation)."""
+    for step in range(1, max_steps + 1):
+        obs = env.step(action)
+        if check:
+            check_obs(env, obs)
+        if obs["is_last"]:
+            return step, obs
+    raise AssertionError(f"episode did not end within {max_steps} steps")
+
+
+def check_obs(env, obs):
+    assert set(obs) == set(env.obs_space)
+    for key, space in env.obs_space.items():
+        assert obs[key].shape == space.shape and obs[key].dtype == space.dtype, key
+        assert space.contains(obs[key]), key
+
+
+def test_task_names_with_underscores():
+    assert resolve_task("walker_walk") == ("walker", "walk")
+    assert resolve_task("ball_in_cup_catch") == ("ball_in_cup", "catch")
+    assert resolve_task("cartpole_balance_sparse") == ("cartpole", "balance_sparse")
+    assert resolve_task("point_mass_easy") == ("point_mass", "easy")
+
+
+def test_cartpole_pixels_action_repeat_and_time_limit():
+    env = make_env("dmc_cartpole_swingup", seed=0, action_repeat=2, time_limit=3)
+    physics = env.unwrapped.physics
+    control_dt = env.unwrapped.dm_env.control_timestep()
+    assert set(env.obs_space) == {"image", "reward", "is_first", "is_last", "is_terminal"}
+    assert env.obs_space["image"] == gymnasium.spaces.Box(0, 255, (64, 64, 3), np.uint8)
+    assert not env.discrete and env.act_space == gymnasium.spaces.Box(-1, 1, (1,), np.float32)
+    obs = env.reset()
+    check_obs(env, obs)
+    assert obs["is_first"] and obs["reward"] == 0 and obs["image"].std() > 0
+    start = physics.data.time
+    flags = []
+    for step in range(1, 4):
+        obs = env.step(np.array([0.5], np.float32))
+        check_obs(env, obs)
+        # Two control steps of the simulator per agent step.
+        assert physics.data.time - start == pytest.approx(2 * step * control_dt)
+        flags.append((bool(obs["is_first"]), bool(obs["is_last"]), bool(obs["is_terminal"])))
+    assert flags == [(False, False, False)] * 2 + [(False, True, False)]
+    assert 0.0 <= obs["reward"] <= 2.0  # two rewards in [0, 1] summed
+    env.close()
+
+
+def test_walker_proprio_keys_and_builtin_time_limit():
+    env = make_env("dmc_walker_walk", obs_type="proprio", action_repeat=8)
+    assert "image" not in env.obs_space
+    assert env.obs_space["orientations"].shape == (14,)
+    assert env.obs_space["height"].shape == (1,)
+    assert env.obs_space["velocity"].shape == (9,)
+    assert env.act_space == gymnasium.spaces.Box(-1, 1, (6,), np.float32)
+    check_obs(env, env.reset())
+    action = np.zeros(6, np.float32)
+    step, obs = run_until_last(env, action, 200)
+    check_obs(env, obs)
+    # The suite's own limit: 1000 control steps = 125 agent steps, discount 1 -> no terminal.
+    assert step == 125 and obs["is_last"] and not obs["is_terminal"]
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(action)
+    assert env.reset()["is_first"]
+
+
+def test_actions_reach_the_simulator():
+    env = make_env("dmc_cartpole_balance", obs_type="proprio", action_repeat=1)
+    physics = env.unwrapped.physics
+    env.reset()
+    env.step(np.array([0.75], np.float32))
+    np.testing.assert_allclose(physics.data.ctrl, [0.75])
+    env.step(np.array([-4.0], np.float32))  # clipped to the bound
+    np.testing.assert_allclose(physics.data.ctrl, [-1.0])
+
+
+def test_both_obs_and_cameras():
+    env = make_env("dmc_ball_in_cup_catch", obs_type="both", size=(32, 40))
+    assert {"position", "velocity", "image"} <= set(env.obs_space)
+    obs = env.reset()
+    check_obs(env, obs)
+    assert obs["image"].shape == (32, 40, 3)
+    assert env.unwrapped.camera == 0
+    assert make_env("dmc_quadruped_walk", obs_type="proprio").unwrapped.camera == 2
+
+
+def test_seeding_reproducible():
+    def rollout(seed):
+        env = make_env("dmc_walker_walk", obs_type="proprio", seed=seed)
+        out = []
+        for _ in range(2):
+            out.append(env.reset()["orientations"])
+            out.append(env.step(np.full(6, 0.3, np.float32))["orientations"])
+        return np.stack(out)
+
+    np.testing.assert_array_equal(rollout(4), rollout(4))
+    assert not np.array_equal(rollout(4), rollout(5))
