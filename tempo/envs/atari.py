@@ -24,6 +24,9 @@ def atari_games() -> dict[str, str]:
     """Map snake_case game names (``bank_heist``) to ALE names (``BankHeist``)."""
     import ale_py
 
+    # ALE prints its banner at Info level for every env; keep warnings and errors only
+    # (batches of workers would otherwise flood the logs). Callers may set it back.
+    ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Warning)
     gymnasium.register_envs(ale_py)
     games = {}
     for env_id in gymnasium.envs.registry:
