@@ -10,4 +10,8 @@ import os
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from tempo import _mesa  # noqa: E402
+
+_mesa.preload()
+
 __version__ = "0.1.0"

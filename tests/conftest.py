@@ -9,6 +9,8 @@ os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
 import pytest  # noqa: E402
 
+import tempo  # noqa: E402, F401  (before TensorFlow: see tempo/_mesa.py)
+
 
 @pytest.fixture
 def float64():

@@ -9,7 +9,9 @@ steps) ends episodes with discount 1, which we report as is_last without is_term
 from __future__ import annotations
 
 import difflib
+import logging
 import os
+import sys
 from typing import Any
 
 import gymnasium
@@ -25,6 +27,21 @@ OBS_TYPES = ("pixels", "proprio", "both")
 if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
     os.environ["MUJOCO_GL"] = "egl"
     os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+
+
+
+def _warn_if_renderer_unprotected() -> None:
+    """MuJoCo's software renderer (Mesa llvmpipe) crashes in a process where
+    TensorFlow was imported before Mesa was loaded (see `tempo/_mesa.py`)."""
+    from tempo import _mesa
+
+    if "tensorflow" in sys.modules and not _mesa.PRELOADED:
+        logging.warning(
+            "TensorFlow was imported before tempo: rendering DeepMind Control pixels in "
+            "this process may crash inside Mesa. Import tempo first, or step the "
+            "environments in worker processes (ParallelEnv)."
+        )
+
 
 # DreamerV2 views the quadruped from camera 2 (camera 0 loses it when it walks away).
 DEFAULT_CAMERAS = {"quadruped": 2}
@@ -83,6 +100,8 @@ class DMC(BaseEnv):
         super().__init__()
         if obs_type not in OBS_TYPES:
             raise ValueError(f"obs_type must be one of {OBS_TYPES}, got {obs_type!r}")
+        if obs_type in ("pixels", "both"):
+            _warn_if_renderer_unprotected()
         from dm_control import suite
 
         if (domain, task) not in suite.ALL_TASKS:
