@@ -1,0 +1,187 @@
+r"""Seconds per update of the compiled trainer, TEMPO vs DreamerV2, per config.
+
+  python -m launch.bench --configs dmc_vision,atari --modes tempo,dreamerv2 --iters 10
+
+Each (config, mode) runs in its own subprocess so that compile time and peak
+memory are its own. Batches are synthetic (random pixels/vectors of the
+config's observation shapes, batch x length from the flags): the update's cost
+does not depend on the data's values.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+CONFIGS = {
+    # name: (gin files, observation shapes, action size, discrete actions)
+    "debug": (["dmc_vision", "debug"], {"image": (64, 64, 3)}, 6, False),
+    "dmc_proprio": (
+        ["dmc_proprio"],
+        {"orientations": (14,), "height": (1,), "velocity": (9,)},
+        6,
+        False,
+    ),
+    "dmc_vision": (["dmc_vision"], {"image": (64, 64, 3)}, 6, False),
+    "atari": (["atari"], {"image": (64, 64, 1)}, 6, True),
+}
+MODES = ("tempo", "dreamerv2")
+
+flags.DEFINE_list("configs", ["debug", "dmc_proprio", "dmc_vision", "atari"], "Configs to run.")
+flags.DEFINE_list("modes", list(MODES), "tempo and/or dreamerv2.")
+flags.DEFINE_integer("iters", 10, "Timed updates after two warm-up updates.")
+flags.DEFINE_integer("batch", 16, "Sequences per batch.")
+flags.DEFINE_integer("length", 50, "Steps per sequence.")
+flags.DEFINE_multi_string("gin_param", [], "Extra gin bindings for every case.")
+flags.DEFINE_string("json", None, "Append one JSON object per (config, mode) to this file.")
+flags.DEFINE_string("_case", None, "Internal: run one 'config:mode' case and print JSON.")
+FLAGS = flags.FLAGS
+
+
+def run_case(config: str, mode: str) -> dict:
+    import numpy as np
+
+    import tempo  # noqa: F401
+    from tempo import configurables
+
+    files, shapes, action_size, discrete = CONFIGS[config]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    params = [f"BilevelTrainer.meta = {mode == 'tempo'}", *FLAGS.gin_param]
+    configurables.parse_config([os.path.join(root, "gin_configs", f"{f}.gin") for f in files], params)
+    trainer = configurables.build_trainer(shapes, action_size, discrete)
+    batch = synthetic_batch(shapes, action_size, discrete, FLAGS.batch, FLAGS.length)
+    state = trainer.initial_state(FLAGS.batch)
+
+    start = time.perf_counter()
+    state, metrics = trainer.train(batch, state)
+    float(metrics["model_loss"])
+    compile_s = time.perf_counter() - start
+    start = time.perf_counter()
+    state, metrics = trainer.train(batch, state)
+    float(metrics["model_loss"])
+    second_s = time.perf_counter() - start
+    times = []
+    for _ in range(FLAGS.iters):
+        start = time.perf_counter()
+        state, metrics = trainer.train(batch, state)
+        float(metrics["model_loss"])  # waits for the update to finish
+        times.append(time.perf_counter() - start)
+    gflop = count_gflop(trainer, batch, state)
+    median = float(np.median(times))
+    return {
+        "config": config,
+        "mode": mode,
+        "batch": FLAGS.batch,
+        "length": FLAGS.length,
+        "compile_s": round(compile_s, 2),
+        "second_call_s": round(second_s, 3),
+        "median_s": round(median, 4),
+        "min_s": round(min(times), 4),
+        "max_s": round(max(times), 4),
+        "updates_per_s": round(1 / median, 3),
+        "gflop": None if gflop is None else round(gflop, 2),
+        "gflop_per_s": None if gflop is None else round(gflop / median, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "params": trainer.parameter_counts(),
+    }
+
+
+def synthetic_batch(shapes, action_size, discrete, batch, length):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    data = {}
+    for key, shape in shapes.items():
+        if len(shape) == 3:
+            data[key] = rng.integers(0, 256, (batch, length, *shape), dtype=np.uint8)
+        else:
+            data[key] = rng.normal(size=(batch, length, *shape)).astype(np.float32)
+    if discrete:
+        data["action"] = np.eye(action_size, dtype=np.float32)[rng.integers(0, action_size, (batch, length))]
+    else:
+        data["action"] = rng.uniform(-1, 1, (batch, length, action_size)).astype(np.float32)
+    data["reward"] = rng.normal(size=(batch, length)).astype(np.float32)
+    data["is_first"] = np.zeros((batch, length), bool)
+    data["is_first"][:, 0] = True
+    data["is_last"] = np.zeros((batch, length), bool)
+    data["is_terminal"] = np.zeros((batch, length), bool)
+    return data
+
+
+def count_gflop(trainer, batch, state) -> float | None:
+    """Floating-point operations of one update, from TensorFlow's graph profiler
+    (ops with registered FLOP statistics: matmuls, convolutions, elementwise)."""
+    import tensorflow as tf
+
+    try:
+        concrete = trainer._compiled.get_concrete_function(batch, state)
+        options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+        options["output"] = "none"
+        stats = tf.compat.v1.profiler.profile(graph=concrete.graph, options=options)
+        return stats.total_float_ops / 1e9
+    except Exception:  # noqa: BLE001 - the profiler is best-effort
+        return None
+
+
+def print_table(rows: list[dict]) -> None:
+    header = f"{'config':<12}{'mode':<11}{'median s':>9}{'min s':>8}{'max s':>8}{'upd/s':>7}"
+    header += f"{'compile s':>10}{'GFLOP':>8}{'GFLOP/s':>9}{'RSS MB':>8}"
+    print(header)
+    by_config: dict[str, dict] = {}
+    for r in rows:
+        by_config.setdefault(r["config"], {})[r["mode"]] = r
+        print(
+            f"{r['config']:<12}{r['mode']:<11}{r['median_s']:>9.3f}{r['min_s']:>8.3f}{r['max_s']:>8.3f}"
+            f"{r['updates_per_s']:>7.2f}{r['compile_s']:>10.1f}{r['gflop'] or float('nan'):>8.1f}"
+            f"{r['gflop_per_s'] or float('nan'):>9.1f}{r['peak_rss_mb']:>8.0f}"
+        )
+    for config, modes in by_config.items():
+        if {"tempo", "dreamerv2"} <= set(modes):
+            ratio = modes["tempo"]["median_s"] / modes["dreamerv2"]["median_s"]
+            print(f"{config}: TEMPO / DreamerV2 seconds per update = {ratio:.2f}")
+    for r in rows:
+        if r["mode"] == "tempo" or len({x["mode"] for x in rows if x["config"] == r["config"]}) == 1:
+            print(f"{r['config']} parameters: {r['params']}")
+
+
+def main(argv):
+    del argv
+    if FLAGS._case:
+        config, mode = FLAGS._case.split(":")
+        print("BENCH_JSON " + json.dumps(run_case(config, mode)), flush=True)
+        return
+    for name in FLAGS.configs:
+        if name not in CONFIGS:
+            raise app.UsageError(f"Unknown config {name!r}; choose from {sorted(CONFIGS)}.")
+    for mode in FLAGS.modes:
+        if mode not in MODES:
+            raise app.UsageError(f"Unknown mode {mode!r}; choose from {MODES}.")
+    rows = []
+    for config in FLAGS.configs:
+        for mode in FLAGS.modes:
+            cmd = [sys.executable, "-m", "launch.bench", f"--_case={config}:{mode}"]
+            cmd += [f"--iters={FLAGS.iters}", f"--batch={FLAGS.batch}", f"--length={FLAGS.length}"]
+            cmd += [f"--gin_param={p}" for p in FLAGS.gin_param]
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            lines = [x for x in out.stdout.splitlines() if x.startswith("BENCH_JSON ")]
+            if out.returncode or not lines:
+                sys.stderr.write(out.stderr[-4000:])
+                raise SystemExit(f"bench case {config}:{mode} failed (exit {out.returncode}).")
+            row = json.loads(lines[-1][len("BENCH_JSON ") :])
+            rows.append(row)
+            print(f"done {config}:{mode}: {row['median_s']:.3f} s/update", flush=True)
+            if FLAGS.json:
+                with open(FLAGS.json, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+    print_table(rows)
+    print("\nReproduce: python -m launch.bench " + " ".join(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    app.run(main)
