@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from support import random_batch, tiny_trainer
 
 SHAPES = {"image": (64, 64, 1), "vector": (3,)}
@@ -104,3 +105,37 @@ def test_nonsense_settings_are_rejected():
         tiny_trainer(SHAPES, action_size=0)
     with pytest.raises(ValueError, match="No observation key"):
         tiny_trainer({"other": (2, 2)})
+
+
+def test_open_loop_video_strips():
+    shapes = {"image": (64, 64, 3), "vector": (3,)}
+    trainer = tiny_trainer(shapes)
+    data = random_batch(shapes, 3, True, batch=7, length=9)
+    video = trainer.world_model.video_prediction(data, "image", context=5, num=6)
+    assert video.shape == (9, 3 * 64, 6 * 64, 3) and video.dtype == tf.uint8
+    # Top strip: the true frames, sequence n in columns [64 n, 64 (n + 1)).
+    truth = video.numpy()[:, :64].reshape(9, 64, 6, 64, 3).transpose(2, 0, 1, 3, 4)
+    assert np.abs(truth.astype(int) - data["image"][:6].astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("meta", [True, False])
+def test_non_finite_batch_skips_the_update_and_is_counted(meta):
+    trainer = tiny_trainer(SHAPES, discrete=True, meta=meta)
+    good = random_batch(SHAPES, 3, True, batch=2, length=4)
+    bad = {k: v.copy() for k, v in good.items()}
+    bad["reward"][1, 2] = np.nan
+    nets = [
+        trainer.world_model,
+        trainer.meta_weighter,
+        trainer.behavior.actor,
+        trainer.behavior.critic,
+    ]
+    before = [_snapshot(n) for n in nets]
+    state, metrics = trainer.train(bad, trainer.initial_state(2))
+    for snapshot, net in zip(before, nets):
+        assert not any(_changed(snapshot, net)), net.name
+    assert float(metrics["update_skipped"]) == 1.0 and float(metrics["nonfinite_streak"]) == 1.0
+    assert all(np.isfinite(v.numpy()).all() for v in state.values())
+    _, metrics = trainer.train(good, state)
+    assert float(metrics["update_skipped"]) == 0.0 and int(trainer.nonfinite_streak) == 0
+    assert all(_changed(before[0], trainer.world_model))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from tempo.agent.numerics import all_finite
 from tempo.agent.optimizer import Optimizer
 from tempo.agent.returns import lambda_return
 from tempo.agent.world_model import WorldModel
@@ -63,9 +64,16 @@ class ActorCritic(tf.Module):
         self.critic_opt.build(self.critic.trainable_variables)
 
     def train(
-        self, world_model: WorldModel, start: State, is_terminal: tf.Tensor, seed=None
+        self,
+        world_model: WorldModel,
+        start: State,
+        is_terminal: tf.Tensor,
+        seed=None,
+        allowed: tf.Tensor | bool = True,
     ) -> dict[str, tf.Tensor]:
-        """One actor step and one critic step from imagined rollouts of `start`."""
+        """One actor step and one critic step from imagined rollouts of `start`;
+        skipped (and reported) when a loss or gradient is not finite or when
+        `allowed` is False (the world-model step of this batch was skipped)."""
         self._update_slow_critic()
         with tf.GradientTape() as actor_tape:
             seq = world_model.imagine(self.actor, start, is_terminal, self.horizon, seed)
@@ -74,14 +82,25 @@ class ActorCritic(tf.Module):
             actor_loss, metrics = self.actor_loss(seq, target)
         with tf.GradientTape() as critic_tape:
             critic_loss = self.critic_loss(seq, target)
-        metrics["actor_grad_norm"] = self.actor_opt.apply(
-            actor_tape.gradient(actor_loss, self.actor.trainable_variables),
-            self.actor.trainable_variables,
-        )
-        metrics["critic_grad_norm"] = self.critic_opt.apply(
-            critic_tape.gradient(critic_loss, self.critic.trainable_variables),
-            self.critic.trainable_variables,
-        )
+        actor_vars = self.actor.trainable_variables
+        critic_vars = self.critic.trainable_variables
+        actor_grads = actor_tape.gradient(actor_loss, actor_vars)
+        critic_grads = critic_tape.gradient(critic_loss, critic_vars)
+        finite = all_finite([actor_loss, critic_loss, *actor_grads, *critic_grads])
+        finite = tf.logical_and(finite, allowed)
+
+        def steps():
+            return {
+                "actor_grad_norm": self.actor_opt.apply(actor_grads, actor_vars),
+                "critic_grad_norm": self.critic_opt.apply(critic_grads, critic_vars),
+            }
+
+        def skip():
+            nan = tf.constant(float("nan"), actor_grads[0].dtype)
+            return {"actor_grad_norm": nan, "critic_grad_norm": nan}
+
+        metrics.update(tf.cond(finite, steps, skip))
+        metrics["behavior_skipped"] = 1.0 - tf.cast(finite, tf.float32)
         self.updates.assign_add(1)
         metrics.update(
             actor_loss=actor_loss,

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from tempo.agent.behavior import ActorCritic
 from tempo.agent.hypergradient import SIGNS, bilevel_gradients, meta_gradient
+from tempo.agent.numerics import all_finite
 from tempo.agent.optimizer import Optimizer
 from tempo.agent.world_model import WorldModel
 from tempo.networks.meta_weighter import MetaWeighter
@@ -51,6 +52,8 @@ class BilevelTrainer(tf.Module):
         self.jit_compile = jit_compile
         self.rng = tf.random.Generator.from_seed(seed)
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="train_step")
+        # Consecutive updates skipped because a loss or gradient was not finite.
+        self.nonfinite_streak = tf.Variable(0, dtype=tf.int64, trainable=False, name="nonfinite")
         self._compiled = tf.function(self._train_step, jit_compile=jit_compile)
         self._built = False
 
@@ -109,15 +112,33 @@ class BilevelTrainer(tf.Module):
                 lower, _, aux = self.losses(data, state, model_seed)
             g_low = tape.gradient(lower, model_vars)
         metrics = dict(aux["metrics"])
-        metrics["model_grad_norm"] = self.model_step(g_low)
-        if self.meta:
-            metrics["meta_grad_norm"] = self.meta_step(h)
+        finite = all_finite([metrics["model_loss"], *g_low, *(h if self.meta else [])])
+
+        def steps():  # 5 and 6
+            norms = {"model_grad_norm": self.model_step(g_low)}
+            if self.meta:
+                norms["meta_grad_norm"] = self.meta_step(h)
+            return norms
+
+        def skip():
+            nan = tf.constant(float("nan"), g_low[0].dtype)
+            return {"model_grad_norm": nan, **({"meta_grad_norm": nan} if self.meta else {})}
+
+        metrics.update(tf.cond(finite, steps, skip))
+        self.nonfinite_streak.assign(
+            tf.where(finite, tf.zeros_like(self.nonfinite_streak), self.nonfinite_streak + 1)
+        )
+        metrics["update_skipped"] = 1.0 - tf.cast(finite, tf.float32)
+        metrics["nonfinite_streak"] = self.nonfinite_streak
         post = {k: tf.stop_gradient(v) for k, v in aux["post"].items()}
         metrics.update(
-            self.behavior.train(self.world_model, post, data["is_terminal"], behavior_seed)
+            self.behavior.train(
+                self.world_model, post, data["is_terminal"], behavior_seed, allowed=finite
+            )
         )
         self.step.assign_add(1)
-        last = {k: v[:, -1] for k, v in post.items()}
+        # A non-finite batch must not poison the state carried into the next one.
+        last = {k: tf.where(finite, v[:, -1], tf.zeros_like(v[:, -1])) for k, v in post.items()}
         return last, {k: tf.cast(v, tf.float32) for k, v in metrics.items()}
 
     def losses(self, data: dict, state: State, seed=None) -> tuple[tf.Tensor, tf.Tensor, dict]:

@@ -140,6 +140,33 @@ class WorldModel(tf.keras.Model):
             likes, kls, weights, self.loss_scales, self.kl_balance, self.kl_free, self.kl_free_avg
         )
 
+    # ----- open-loop predictions for TensorBoard -----------------------------------
+    def video_prediction(
+        self, data: dict, key: str, context: int = 5, num: int = 6, seed=None
+    ) -> tf.Tensor:
+        """Truth / model / error strips of an image key: the first `context` steps
+        are filtered with observations, the rest predicted open-loop from the
+        replayed actions. Returns uint8 [T, 3H, num * W, C] (sequences side by side)."""
+        data = {k: v[:num] for k, v in self.preprocess(data).items()}
+        obs_seed, img_seed = split_seed(seed, 2)
+        embed = self.encoder({k: v[:, :context] for k, v in data.items()})
+        start = self.rssm.initial(tf.shape(embed)[0])
+        post, _ = self.rssm.observe(
+            embed, data["action"][:, :context], data["is_first"][:, :context], start, obs_seed
+        )
+        recon = self.decoder(self.rssm.get_feat(post))[key].mode()
+        last = {k: v[:, -1] for k, v in post.items()}
+        prior = self.rssm.imagine(data["action"][:, context:], last, img_seed)
+        openl = self.decoder(self.rssm.get_feat(prior))[key].mode()
+        truth = tf.cast(data[key], recon.dtype) + 0.5
+        model = tf.concat([recon, openl], 1) + 0.5
+        error = (model - truth + 1) / 2
+        video = tf.concat([truth, model, error], 2)  # [N, T, 3H, W, C]
+        video = tf.transpose(video, [1, 2, 0, 3, 4])  # [T, 3H, N, W, C]
+        shape = tf.shape(video)
+        video = tf.reshape(video, [shape[0], shape[1], shape[2] * shape[3], shape[4]])
+        return tf.cast(tf.clip_by_value(video, 0.0, 1.0) * 255, tf.uint8)
+
     # ----- imagination for the behaviour step ----------------------------------
     def imagine(
         self,
