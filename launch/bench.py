@@ -53,7 +53,9 @@ def run_case(config: str, mode: str) -> dict:
     files, shapes, action_size, discrete = CONFIGS[config]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     params = [f"BilevelTrainer.meta = {mode == 'tempo'}", *FLAGS.gin_param]
-    configurables.parse_config([os.path.join(root, "gin_configs", f"{f}.gin") for f in files], params)
+    configurables.parse_config(
+        [os.path.join(root, "gin_configs", f"{f}.gin") for f in files], params
+    )
     trainer = configurables.build_trainer(shapes, action_size, discrete)
     batch = synthetic_batch(shapes, action_size, discrete, FLAGS.batch, FLAGS.length)
     state = trainer.initial_state(FLAGS.batch)
@@ -103,7 +105,9 @@ def synthetic_batch(shapes, action_size, discrete, batch, length):
         else:
             data[key] = rng.normal(size=(batch, length, *shape)).astype(np.float32)
     if discrete:
-        data["action"] = np.eye(action_size, dtype=np.float32)[rng.integers(0, action_size, (batch, length))]
+        data["action"] = np.eye(action_size, dtype=np.float32)[
+            rng.integers(0, action_size, (batch, length))
+        ]
     else:
         data["action"] = rng.uniform(-1, 1, (batch, length, action_size)).astype(np.float32)
     data["reward"] = rng.normal(size=(batch, length)).astype(np.float32)
@@ -146,7 +150,10 @@ def print_table(rows: list[dict]) -> None:
             ratio = modes["tempo"]["median_s"] / modes["dreamerv2"]["median_s"]
             print(f"{config}: TEMPO / DreamerV2 seconds per update = {ratio:.2f}")
     for r in rows:
-        if r["mode"] == "tempo" or len({x["mode"] for x in rows if x["config"] == r["config"]}) == 1:
+        if (
+            r["mode"] == "tempo"
+            or len({x["mode"] for x in rows if x["config"] == r["config"]}) == 1
+        ):
             print(f"{r['config']} parameters: {r['params']}")
 
 

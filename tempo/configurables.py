@@ -20,9 +20,11 @@ from tempo.networks.encoder import Encoder
 from tempo.networks.heads import Actor, DistHead
 from tempo.networks.meta_weighter import MetaWeighter
 from tempo.networks.rssm import RSSM
+from tempo.run import train
 
 # The gin-wrapped builder: calling it applies the parsed bindings.
 build_trainer = gin.external_configurable(build_trainer, module="tempo")
+train = gin.external_configurable(train, module="tempo")
 
 CONFIGURABLES = (
     Encoder,

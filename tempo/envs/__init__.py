@@ -25,9 +25,22 @@ from tempo.envs.wrappers import (
 )
 
 __all__ = [
-    "ActionRepeat", "BaseEnv", "Env", "EnvWorkerError", "NormalizeAction", "OneHotAction",
-    "ParallelEnv", "ResizeImage", "SerialEnv", "TimeLimit", "Wrapper", "make_batch_env",
-    "make_env", "resize_area", "SUITES", "DEFAULT_ACTION_REPEAT",
+    "ActionRepeat",
+    "BaseEnv",
+    "Env",
+    "EnvWorkerError",
+    "NormalizeAction",
+    "OneHotAction",
+    "ParallelEnv",
+    "ResizeImage",
+    "SerialEnv",
+    "TimeLimit",
+    "Wrapper",
+    "make_batch_env",
+    "make_env",
+    "resize_area",
+    "SUITES",
+    "DEFAULT_ACTION_REPEAT",
 ]
 
 SUITES = ("atari_", "dmc_", "gym_")
@@ -108,9 +121,7 @@ def make_env(
         from tempo.envs.dmc import DMC, resolve_task
 
         domain, dmc_task = resolve_task(name)
-        env = DMC(
-            domain, dmc_task, obs_type=obs_type or "pixels", size=size, seed=seed, **kwargs
-        )
+        env = DMC(domain, dmc_task, obs_type=obs_type or "pixels", size=size, seed=seed, **kwargs)
         if repeat > 1:
             env = ActionRepeat(env, repeat)
         return _finish(env, time_limit)

@@ -74,9 +74,16 @@ class Atari(BaseEnv):
     """
 
     def __init__(
-        self, game: str, *, action_repeat: int = 4, grayscale: bool = True,
-        sticky: float = 0.25, noops: int = 30, life_loss: bool = False,
-        full_action_space: bool = False, seed: int = 0,
+        self,
+        game: str,
+        *,
+        action_repeat: int = 4,
+        grayscale: bool = True,
+        sticky: float = 0.25,
+        noops: int = 30,
+        life_loss: bool = False,
+        full_action_space: bool = False,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         if int(action_repeat) < 1:

@@ -29,7 +29,6 @@ if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
     os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
 
-
 def _warn_if_renderer_unprotected() -> None:
     """MuJoCo's software renderer (Mesa llvmpipe) crashes in a process where
     TensorFlow was imported before Mesa was loaded (see `tempo/_mesa.py`)."""
@@ -69,7 +68,7 @@ def resolve_task(name: str) -> tuple[str, str]:
     if domain is not None:
         valid = [t for d, t in tasks if d == domain]
         raise ValueError(
-            f"unknown task {name[len(domain) + 1:]!r} for DMC domain {domain!r} "
+            f"unknown task {name[len(domain) + 1 :]!r} for DMC domain {domain!r} "
             f"(task 'dmc_{name}'); valid tasks: {', '.join(valid)}"
         )
     close = difflib.get_close_matches(name, list(by_name), n=5, cutoff=0.5)
@@ -93,8 +92,14 @@ class DMC(BaseEnv):
     """
 
     def __init__(
-        self, domain: str, task: str, *, obs_type: str = "pixels",
-        size: tuple[int, int] = (64, 64), camera: int | None = None, seed: int = 0,
+        self,
+        domain: str,
+        task: str,
+        *,
+        obs_type: str = "pixels",
+        size: tuple[int, int] = (64, 64),
+        camera: int | None = None,
+        seed: int = 0,
         task_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -127,8 +132,10 @@ class DMC(BaseEnv):
         self.obs_space = {**spaces, **flag_spaces()}
         spec = self.dm_env.action_spec()
         self.act_space = gymnasium.spaces.Box(
-            spec.minimum.astype(np.float32), spec.maximum.astype(np.float32),
-            spec.shape, np.float32,
+            spec.minimum.astype(np.float32),
+            spec.maximum.astype(np.float32),
+            spec.shape,
+            np.float32,
         )
         self._time_step = None
 

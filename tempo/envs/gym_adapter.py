@@ -92,7 +92,11 @@ class GymEnv(BaseEnv):
     """
 
     def __init__(
-        self, env: str | gymnasium.Env, *, seed: int = 0, obs_type: str = "proprio",
+        self,
+        env: str | gymnasium.Env,
+        *,
+        seed: int = 0,
+        obs_type: str = "proprio",
         **make_kwargs: Any,
     ) -> None:
         super().__init__()

@@ -61,8 +61,9 @@ class SerialEnv:
                 self._envs.append(ctor())
             except Exception as exc:
                 self.close()
-                raise EnvWorkerError(index, f"construction failed: {exc!r}",
-                                     traceback.format_exc()) from exc
+                raise EnvWorkerError(
+                    index, f"construction failed: {exc!r}", traceback.format_exc()
+                ) from exc
         first = self._envs[0]
         self.obs_space: dict[str, gymnasium.spaces.Box] = first.obs_space
         self.act_space: gymnasium.spaces.Box = first.act_space
@@ -79,8 +80,9 @@ class SerialEnv:
         try:
             return getattr(self._envs[index], method)(*args)
         except Exception as exc:
-            raise EnvWorkerError(index, f"{method} failed: {exc!r}",
-                                 traceback.format_exc()) from exc
+            raise EnvWorkerError(
+                index, f"{method} failed: {exc!r}", traceback.format_exc()
+            ) from exc
 
     def reset(self, indices: Sequence[int] | None = None) -> dict[str, np.ndarray]:
         """Reset the envs at ``indices`` (all by default); stacked in that order."""
@@ -155,7 +157,10 @@ class ParallelEnv:
     """
 
     def __init__(
-        self, ctor_fns: Sequence[EnvCtor], *, timeout: float | None = 60.0,
+        self,
+        ctor_fns: Sequence[EnvCtor],
+        *,
+        timeout: float | None = 60.0,
         start_timeout: float | None = 300.0,
     ) -> None:
         if not ctor_fns:
@@ -176,7 +181,9 @@ class ParallelEnv:
                 ) from exc
             parent_conn, child_conn = context.Pipe()
             proc = context.Process(
-                target=_worker, args=(index, child_conn, ctor), daemon=True,
+                target=_worker,
+                args=(index, child_conn, ctor),
+                daemon=True,
                 name=f"tempo-env-{index}",
             )
             proc.start()
@@ -219,8 +226,10 @@ class ParallelEnv:
         except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
             proc = self._procs[index]
             proc.join(1.0)
-            self._fail(index, f"worker process died (exit code {proc.exitcode}) before "
-                              f"receiving {command!r}")
+            self._fail(
+                index,
+                f"worker process died (exit code {proc.exitcode}) before receiving {command!r}",
+            )
 
     def _receive(self, index: int, timeout: float | None, what: str) -> Any:
         conn, proc = self._conns[index], self._procs[index]
@@ -233,16 +242,16 @@ class ParallelEnv:
                     status, payload = conn.recv()
                 except (EOFError, ConnectionResetError, OSError):
                     proc.join(1.0)
-                    self._fail(index, f"worker process died during {what} "
-                                      f"(exit code {proc.exitcode})")
+                    self._fail(
+                        index, f"worker process died during {what} (exit code {proc.exitcode})"
+                    )
                 if status == "error":
                     message, worker_traceback = payload
                     self._fail(index, f"{what} raised {message}", worker_traceback)
                 return payload
             if proc.sentinel in ready:
                 proc.join(1.0)
-                self._fail(index, f"worker process died during {what} "
-                                  f"(exit code {proc.exitcode})")
+                self._fail(index, f"worker process died during {what} (exit code {proc.exitcode})")
             if deadline is not None and time.monotonic() >= deadline:
                 self._fail(index, f"no reply to {what} within {timeout} s (worker hung?)")
 
@@ -306,8 +315,13 @@ class ParallelEnv:
 
 
 def make_batch_env(
-    task: str, num_envs: int, *, seed: int = 0, parallel: bool | None = None,
-    timeout: float | None = 60.0, **kwargs: Any,
+    task: str,
+    num_envs: int,
+    *,
+    seed: int = 0,
+    parallel: bool | None = None,
+    timeout: float | None = 60.0,
+    **kwargs: Any,
 ) -> SerialEnv | ParallelEnv:
     """``num_envs`` copies of ``task`` seeded ``seed, seed + 1, ...``.
 

@@ -111,14 +111,13 @@ class RSSM(tf.keras.Model):
     def get_feat(self, state: State) -> tf.Tensor:
         stoch = tf.cast(state["stoch"], self.compute_dtype)
         if self.discrete:
-            stoch = tf.reshape(stoch, stoch.shape[:-2].as_list() + [self.stoch * self.discrete])
+            stoch = _merge_last_two(stoch)
         return tf.concat([stoch, tf.cast(state["deter"], self.compute_dtype)], -1)
 
     def get_stats(self, state: State) -> tf.Tensor:
         """Flattened logits (discrete) or means (Gaussian): the meta-weighter's view."""
         if self.discrete:
-            logit = state["logit"]
-            return tf.reshape(logit, logit.shape[:-2].as_list() + [self.stoch * self.discrete])
+            return _merge_last_two(state["logit"])
         return state["mean"]
 
     def get_dist(self, state: State):
@@ -220,6 +219,15 @@ class RSSM(tf.keras.Model):
             return tf.cast(x, self.compute_dtype) * k
 
         return {k: mask(v) for k, v in state.items()}, mask(action)
+
+
+def _merge_last_two(x: tf.Tensor) -> tf.Tensor:
+    """[..., S, K] -> [..., S * K], keeping static batch dimensions when known."""
+    lead = x.shape[:-2]
+    size = x.shape[-2] * x.shape[-1]
+    if lead.is_fully_defined():
+        return tf.reshape(x, lead.as_list() + [size])
+    return tf.reshape(x, tf.concat([tf.shape(x)[:-2], [size]], 0))
 
 
 def _stack(states: list[State], axis: int) -> State:

@@ -1,0 +1,97 @@
+"""Evaluation episodes with the deterministic (mode) policy."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from collections.abc import Callable
+
+from tempo.driver import Driver
+from tempo.envs import make_batch_env
+from tempo.errors import ConfigError
+
+RESERVED = ("reward", "is_first", "is_last", "is_terminal")
+
+
+def run_episodes(env, policy, episodes: int, action_size: int) -> tuple[list[float], list[int]]:
+    """Returns and lengths of `episodes` episodes of `policy(obs, state)` in `env`."""
+    returns, lengths = [], []
+    driver = Driver(env, 1, action_size)
+    driver.on_episode.append(
+        lambda s, w: (returns.append(s["return"]), lengths.append(s["length"]))
+    )
+    driver.run(policy, episodes=episodes)
+    return returns, lengths
+
+
+def evaluate_checkpoint(
+    logdir: str | os.PathLike,
+    episodes: int,
+    seed: int,
+    env_config: dict,
+    trainer_fn: Callable,
+) -> list[float]:
+    """Rebuilds the agent of a run from `trainer_fn`, restores its latest
+    checkpoint and runs `episodes` episodes with mode actions."""
+    import tensorflow as tf
+
+    from tempo.agent.agent import Agent
+
+    checkpoints = pathlib.Path(logdir) / "checkpoints"
+    latest = tf.train.latest_checkpoint(str(checkpoints))
+    if latest is None:
+        raise ConfigError(f"No checkpoint in {checkpoints}.")
+    env = make_batch_env(
+        env_config["task"], 1, seed=seed, parallel=False, **_env_kwargs(env_config)
+    )
+    try:
+        shapes = {k: tuple(s.shape) for k, s in env.obs_space.items() if k not in RESERVED}
+        action_size = int(env.act_space.shape[0])
+        trainer = trainer_fn(shapes, action_size, env.discrete)
+        agent = Agent(trainer)
+        tf.train.Checkpoint(trainer=trainer, agent=agent).restore(latest).expect_partial()
+        policy = lambda obs, state: agent.policy(obs, state, explore=False)
+        returns, _ = run_episodes(env, policy, episodes, action_size)
+    finally:
+        env.close()
+    return returns
+
+
+def evaluate_saved_model(
+    path: str | os.PathLike, episodes: int, seed: int, env_config: dict | None = None
+) -> list[float]:
+    """Runs an exported policy (no tempo code involved in acting) in its task."""
+    import tensorflow as tf
+
+    spec_path = pathlib.Path(path) / "policy_spec.json"
+    if not spec_path.exists():
+        raise ConfigError(f"{spec_path} not found: is {path!r} a tempo SavedModel export?")
+    spec = json.loads(spec_path.read_text())
+    env_config = {**spec.get("env", {}), **(env_config or {})}
+    if "task" not in env_config:
+        raise ConfigError("The export names no task; pass one.")
+    policy_module = tf.saved_model.load(str(path))
+    env = make_batch_env(
+        env_config["task"], 1, seed=seed, parallel=False, **_env_kwargs(env_config)
+    )
+    try:
+        keys = list(spec["observation"])
+
+        def policy(obs, state):
+            if state is None:
+                state = policy_module.initial_state(tf.constant(1))
+            batch = {k: tf.convert_to_tensor(obs[k]) for k in keys}
+            action, state = policy_module.step(batch, state)
+            return action.numpy(), state
+
+        returns, _ = run_episodes(env, policy, episodes, int(spec["action_size"]))
+    finally:
+        env.close()
+    return returns
+
+
+def _env_kwargs(env_config: dict) -> dict:
+    return {
+        k: env_config[k] for k in ("action_repeat", "obs_type", "time_limit") if k in env_config
+    }

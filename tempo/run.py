@@ -1,0 +1,217 @@
+"""The training loop: prefill, train, evaluate, log, checkpoint, export.
+
+Counting: `steps`, `eval_every`, `log_every` and `checkpoint_every` are in
+environment frames (agent steps x action repeat), the unit of the paper's
+curves. `prefill` and `train_every` are in agent steps (transitions), as in
+DreamerV2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import signal
+from collections.abc import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from tempo.agent.agent import Agent, random_actions
+from tempo.agent.bilevel import BilevelTrainer
+from tempo.agent.builder import build_trainer
+from tempo.driver import Driver
+from tempo.envs import DEFAULT_ACTION_REPEAT, make_batch_env
+from tempo.errors import ConfigError
+from tempo.evaluation import RESERVED, run_episodes
+from tempo.logging import FPS, Logger, MetricsAccumulator
+from tempo.replay import Replay
+
+
+def train(
+    logdir: str,
+    task: str = "dmc_cartpole_swingup",
+    steps: int = 100_000,
+    seed: int = 0,
+    action_repeat: int | None = None,
+    obs_type: str | None = None,
+    time_limit: int | None = None,
+    num_envs: int = 1,
+    parallel_envs: bool = False,
+    batch_size: int = 16,
+    batch_length: int = 50,
+    replay_capacity: int = 2_000_000,
+    prioritize_ends: bool = False,
+    prefill: int = 1000,
+    pretrain: int = 100,
+    train_every: int = 5,
+    train_steps: int = 1,
+    eval_every: int = 10_000,
+    eval_episodes: int = 1,
+    log_every: int = 1_000,
+    video_every: int = 10_000,
+    checkpoint_every: int = 10_000,
+    export: bool = True,
+    trainer_fn: Callable[..., BilevelTrainer] = build_trainer,
+    on_start: Callable[[str], None] | None = None,
+) -> dict:
+    """Trains an agent in `logdir`, resuming from its checkpoint and replay if any.
+
+    `on_start(logdir)` runs once the task is known to be valid and the logdir
+    exists (the launcher saves its config there). Returns a summary dict.
+    """
+    logdir = pathlib.Path(logdir).expanduser()
+    try:
+        repeat = action_repeat or DEFAULT_ACTION_REPEAT[task.split("_", 1)[0]]
+        env_kwargs = dict(action_repeat=repeat, obs_type=obs_type, time_limit=time_limit)
+        env = make_batch_env(task, num_envs, seed=seed, parallel=parallel_envs, **env_kwargs)
+    except (ValueError, KeyError) as error:
+        raise ConfigError(f"Cannot make task {task!r}: {error}") from error
+    eval_env = make_batch_env(task, 1, seed=seed + 10_000, parallel=False, **env_kwargs)
+    logdir.mkdir(parents=True, exist_ok=True)
+    if on_start is not None:
+        on_start(str(logdir))
+    obs_shapes = {k: tuple(s.shape) for k, s in env.obs_space.items() if k not in RESERVED}
+    action_size = int(env.act_space.shape[0])
+
+    replay = Replay(
+        logdir / "replay",
+        capacity=replay_capacity,
+        length=batch_length,
+        min_length=batch_length,
+        prioritize_ends=prioritize_ends,
+        seed=seed,
+    )
+    trainer = trainer_fn(obs_shapes, action_size, env.discrete, seed=seed)
+    agent = Agent(trainer, seed=seed)
+    agent_steps = tf.Variable(0, dtype=tf.int64, name="agent_steps")
+    checkpoint = tf.train.Checkpoint(trainer=trainer, agent=agent, agent_steps=agent_steps)
+    manager = tf.train.CheckpointManager(checkpoint, logdir / "checkpoints", max_to_keep=3)
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        print(f"Resumed from {manager.latest_checkpoint} at env frame {int(agent_steps) * repeat}.")
+
+    logger = Logger(logdir)
+    metrics = MetricsAccumulator()
+    fps = FPS()
+    driver = Driver(env, num_envs, action_size)
+    driver.on_step.append(lambda tran, worker: replay.add_step(tran, worker))
+    # Count environment steps taken; the observation after a reset is not one.
+    driver.on_step.append(lambda tran, worker: tran["is_first"] or agent_steps.assign_add(1))
+
+    def on_train_episode(stats, worker):
+        logger.scalars({"return": stats["return"], "length": stats["length"]}, prefix="train")
+
+    driver.on_episode.append(on_train_episode)
+    total_agent_steps = steps // repeat
+    rng = np.random.default_rng(seed + int(agent_steps))
+
+    # --- prefill with random actions --------------------------------------------
+    if replay.total_steps < prefill:
+        print(f"Prefill: {prefill - replay.total_steps} random agent steps.")
+        random_policy = lambda obs, state: (
+            random_actions(rng, num_envs, action_size, env.discrete),
+            None,
+        )
+        while replay.total_steps < prefill or replay.num_episodes == 0:
+            driver.run(random_policy, steps=num_envs)
+        driver.reset()
+
+    dataset = iter(replay.dataset(batch_size, batch_length))
+    train_state = trainer.initial_state(batch_size)
+
+    def update() -> None:
+        nonlocal train_state
+        train_state, mets = trainer.train(next(dataset), train_state)
+        metrics.add({k: float(v) for k, v in mets.items()})
+
+    if int(trainer.step) == 0:
+        print(f"Pretrain: {pretrain} updates.")
+        for _ in range(pretrain):
+            update()
+
+    stop = {"now": False}
+
+    def request_stop(signum, frame):
+        stop["now"] = True
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    frame0 = int(agent_steps) * repeat
+    last = {"eval": -1, "log": frame0, "ckpt": frame0, "video": frame0}
+    image_keys = trainer.world_model.decoder.cnn_keys
+    video_fn = tf.function(trainer.world_model.video_prediction)
+    eval_return = None
+
+    def acting_policy(obs, state):
+        return agent.policy(obs, state, explore=True)
+
+    try:
+        while int(agent_steps) < total_agent_steps and not stop["now"]:
+            frame = int(agent_steps) * repeat
+            if eval_every and frame // eval_every != last["eval"]:
+                last["eval"] = frame // eval_every
+                eval_return = evaluate(eval_env, agent, eval_episodes, logger)
+            todo = min(train_every, total_agent_steps - int(agent_steps))
+            fps.update(driver.run(acting_policy, steps=todo) * repeat)
+            for _ in range(train_steps):
+                update()
+            frame = int(agent_steps) * repeat
+            if image_keys and video_every and frame - last["video"] >= video_every:
+                last["video"] = frame
+                batch = next(dataset)
+                for key in image_keys:
+                    logger.video(f"openl_{key}", video_fn(batch, key).numpy())
+            if frame - last["log"] >= log_every:
+                last["log"] = frame
+                write_logs(logger, metrics, fps, replay, trainer, frame, steps)
+            if frame - last["ckpt"] >= checkpoint_every:
+                last["ckpt"] = frame
+                manager.save(checkpoint_number=int(agent_steps))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        frame = int(agent_steps) * repeat
+        manager.save(checkpoint_number=int(agent_steps))
+        write_logs(logger, metrics, fps, replay, trainer, frame, steps)
+        logger.close()
+        env.close()
+        eval_env.close()
+    if stop["now"]:
+        print(f"Stopped by signal at env frame {frame}; checkpoint saved.")
+    elif export:
+        from tempo.export import export_policy
+
+        export_policy(agent, env.obs_space, logdir / "saved_model", {"task": task, **env_kwargs})
+    summary = {"step": frame, "updates": int(trainer.step), "eval_return": eval_return}
+    (logdir / "summary.json").write_text(json.dumps(summary))
+    return summary
+
+
+def evaluate(env, agent: Agent, episodes: int, logger: Logger) -> float:
+    """Runs `episodes` episodes with the mode action; logs and returns the mean return."""
+    policy = lambda obs, state: agent.policy(obs, state, explore=False)
+    returns, lengths = run_episodes(env, policy, episodes, agent.action_size)
+    logger.scalars({"return": np.mean(returns), "length": np.mean(lengths)}, prefix="eval")
+    return float(np.mean(returns))
+
+
+def write_logs(logger, metrics, fps, replay, trainer, frame, total_frames) -> None:
+    rate = fps.rate()
+    logger.scalars(metrics.result(), prefix="train")
+    metrics.reset()
+    logger.scalars(
+        {
+            "fps": rate,
+            "replay_steps": replay.num_steps,
+            "replay_episodes": replay.num_episodes,
+            "updates": int(trainer.step),
+            "eta_s": (total_frames - frame) / rate if rate > 0 else float("nan"),
+        }
+    )
+    logger.write(frame)
+
+
+def configure_logging() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -1,0 +1,174 @@
+"""End to end: launch.train on tiny configs, the logdir it leaves, export, resume."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DEBUG = ["--gin_file", "gin_configs/base.gin", "--gin_file", "gin_configs/debug.gin"]
+
+
+def launch(logdir, *args, wait=True, timeout=600):
+    cmd = [sys.executable, "-m", "launch.train", f"--logdir={logdir}", *DEBUG, *args]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if not wait:
+        return subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out.stdout
+
+
+# Acts with the exported policy in a process that never imports tempo.
+POLICY_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+    import gymnasium as gym
+    path = sys.argv[1]
+    spec = json.load(open(path + "/policy_spec.json"))
+    policy = tf.saved_model.load(path)
+    env = gym.make("CartPole-v1")
+    obs, _ = env.reset(seed=0)
+    state = policy.initial_state(tf.constant(1))
+    first, total, steps = True, 0.0, 0
+    while steps < 50:
+        batch = {
+            "vector": tf.constant(obs[None], tf.float32),
+            "reward": tf.zeros([1], tf.float32),
+            "is_first": tf.constant([first]),
+            "is_last": tf.constant([False]),
+            "is_terminal": tf.constant([False]),
+        }
+        action, state = policy.step(batch, state)
+        action = action.numpy()[0]
+        assert action.shape == (spec["action_size"],) and action.sum() == 1.0
+        obs, reward, term, trunc, _ = env.step(int(action.argmax()))
+        total, steps, first = total + reward, steps + 1, False
+        if term or trunc:
+            obs, _ = env.reset()
+            first = True
+    print("TEMPO_IMPORTED", "tempo" in sys.modules, "STEPS", steps)
+    """
+)
+
+
+def test_gym_run_leaves_a_complete_logdir_and_a_standalone_policy(tmp_path):
+    logdir = tmp_path / "run"
+    launch(
+        logdir,
+        "--task=gym_CartPole-v1",
+        "--steps=200",
+        "--seed=1",
+        "--gin_param=train.eval_every = 100",
+    )
+    assert (logdir / "config.gin").read_text().count("train.task = 'gym_CartPole-v1'") == 1
+    assert list(logdir.glob("events.out.tfevents.*")) or list(logdir.rglob("events.out.tfevents.*"))
+    lines = [json.loads(x) for x in (logdir / "metrics.jsonl").read_text().splitlines()]
+    assert lines and lines[-1]["step"] == 200
+    keys = set().union(*lines)
+    for key in (
+        "train/model_loss",
+        "train/upper_loss",
+        "train/meta_weight_mean",
+        "fps",
+        "train/return",
+        "eval/return",
+    ):
+        assert key in keys, key
+    assert (logdir / "checkpoints" / "checkpoint").exists()
+    assert len(list((logdir / "replay").glob("*.npz"))) >= 1
+    spec = json.loads((logdir / "saved_model" / "policy_spec.json").read_text())
+    assert spec["observation"]["vector"]["shape"] == [4] and spec["discrete"]
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["TF_USE_LEGACY_KERAS"] = "1"
+    out = subprocess.run(
+        [sys.executable, "-c", POLICY_SCRIPT, str(logdir / "saved_model")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "TEMPO_IMPORTED False STEPS 50" in out.stdout
+
+
+def test_dmc_pixels_dreamerv2_run(tmp_path):
+    logdir = tmp_path / "dmc"
+    launch(
+        logdir,
+        "--task=dmc_cartpole_swingup",
+        "--steps=120",
+        "--meta=false",
+        "--gin_param=train.obs_type = 'pixels'",
+        "--gin_param=train.time_limit = 30",
+        "--gin_param=train.export = False",
+    )
+    lines = [json.loads(x) for x in (logdir / "metrics.jsonl").read_text().splitlines()]
+    keys = set().union(*lines)
+    assert "train/image_loss" in keys and "train/upper_loss" not in keys
+    assert lines[-1]["step"] == 120
+
+
+def test_sigkill_then_resume_at_the_checkpointed_step(tmp_path):
+    logdir = tmp_path / "kill"
+    args = ["--task=gym_CartPole-v1", "--steps=100000", "--gin_param=train.checkpoint_every = 40"]
+    proc = launch(logdir, *args, wait=False)
+    index = logdir / "checkpoints" / "checkpoint"
+    deadline = time.time() + 300
+    while time.time() < deadline and not index.exists():
+        time.sleep(0.5)
+    assert index.exists(), "no checkpoint written"
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    episodes = sorted(p.name for p in (logdir / "replay").glob("*.npz"))
+    saved = int(index.read_text().split('"')[1].rsplit("-", 1)[1])
+    assert saved > 0
+
+    out = launch(logdir, "--task=gym_CartPole-v1", f"--steps={saved + 40}")
+    assert f"Resumed from {logdir / 'checkpoints'}" in out
+    assert f"at env frame {saved}." in out
+    assert set(episodes) <= {p.name for p in (logdir / "replay").glob("*.npz")}
+    last = json.loads((logdir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == saved + 40
+
+
+def test_unknown_task_fails_with_a_clear_message(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "launch.train",
+        f"--logdir={tmp_path / 'x'}",
+        *DEBUG,
+        "--task=dmc_nowhere_run",
+    ]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    assert "nowhere" in (out.stdout + out.stderr)
+
+
+@pytest.mark.parametrize("binding", ["RSSM.deterr = 3"])
+def test_bad_gin_binding_fails_with_a_clear_message(tmp_path, binding):
+    cmd = [
+        sys.executable,
+        "-m",
+        "launch.train",
+        f"--logdir={tmp_path / 'y'}",
+        *DEBUG,
+        f"--gin_param={binding}",
+    ]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and "deterr" in out.stderr
+    assert not (tmp_path / "y").exists()
