@@ -11,7 +11,6 @@ its policy_spec.json (or --task).
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 from absl import app, flags
@@ -30,25 +29,14 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if bool(FLAGS.logdir) == bool(FLAGS.saved_model):
         raise app.UsageError("Give exactly one of --logdir or --saved_model.")
-    import gin
-
     from tempo import configurables
     from tempo.errors import ConfigError
     from tempo.evaluation import evaluate_checkpoint, evaluate_saved_model
 
     try:
         if FLAGS.logdir:
-            config = os.path.join(FLAGS.logdir, "config.gin")
-            if not os.path.exists(config):
-                raise ConfigError(f"{config} not found: is {FLAGS.logdir!r} a tempo run directory?")
             overrides = [f"train.task = {FLAGS.task!r}"] if FLAGS.task else []
-            configurables.parse_config([config], [*FLAGS.gin_param, *overrides])
-            env_config = {"task": gin.query_parameter("train.task")}
-            for key in ("action_repeat", "obs_type", "time_limit"):
-                try:
-                    env_config[key] = gin.query_parameter(f"train.{key}")
-                except ValueError:
-                    pass  # not bound: the suite default, as in training
+            env_config = configurables.run_env_config(FLAGS.logdir, [*FLAGS.gin_param, *overrides])
             returns = evaluate_checkpoint(
                 FLAGS.logdir, FLAGS.episodes, FLAGS.seed, env_config, configurables.build_trainer
             )

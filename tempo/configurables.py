@@ -15,6 +15,8 @@ from tempo.agent.bilevel import BilevelTrainer
 from tempo.agent.builder import build_trainer
 from tempo.agent.optimizer import Optimizer
 from tempo.agent.world_model import WorldModel
+from tempo.errors import ConfigError
+from tempo.evaluation import ENV_KEYS
 from tempo.networks.decoder import Decoder
 from tempo.networks.encoder import Encoder
 from tempo.networks.heads import Actor, DistHead
@@ -54,6 +56,8 @@ def parse_config(gin_files: list[str], gin_params: list[str] | None = None) -> N
     the bad file or binding (gin's own messages), wrapped as ValueError.
     """
     for path in gin_files:
+        if not os.path.isfile(path):
+            raise ConfigError(f"Gin file {path!r} not found (working directory {os.getcwd()!r}).")
         root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
         if root not in _SEARCH_PATHS:
             _SEARCH_PATHS.add(root)
@@ -62,3 +66,18 @@ def parse_config(gin_files: list[str], gin_params: list[str] | None = None) -> N
         gin.parse_config_files_and_bindings(list(gin_files), list(gin_params or []))
     except (ValueError, KeyError, TypeError, OSError) as error:
         raise ValueError(f"Bad gin configuration: {error}") from error
+
+
+def run_env_config(logdir: str, gin_params: list[str]) -> dict:
+    """Parses a run's config.gin and returns its environment settings."""
+    config = os.path.join(logdir, "config.gin")
+    if not os.path.exists(config):
+        raise ConfigError(f"{config} not found: is {logdir!r} a tempo run directory?")
+    parse_config([config], gin_params)
+    env_config = {"task": gin.query_parameter("train.task")}
+    for key in ENV_KEYS:
+        try:
+            env_config[key] = gin.query_parameter(f"train.{key}")
+        except ValueError:
+            pass  # not bound: the suite default, as in training
+    return env_config

@@ -25,15 +25,9 @@ def run_episodes(env, policy, episodes: int, action_size: int) -> tuple[list[flo
     return returns, lengths
 
 
-def evaluate_checkpoint(
-    logdir: str | os.PathLike,
-    episodes: int,
-    seed: int,
-    env_config: dict,
-    trainer_fn: Callable,
-) -> list[float]:
-    """Rebuilds the agent of a run from `trainer_fn`, restores its latest
-    checkpoint and runs `episodes` episodes with mode actions."""
+def restore_agent(logdir: str | os.PathLike, env, trainer_fn: Callable):
+    """Rebuilds a run's agent for `env` with `trainer_fn` and restores its latest
+    checkpoint (raises ConfigError when there is none)."""
     import tensorflow as tf
 
     from tempo.agent.agent import Agent
@@ -42,17 +36,26 @@ def evaluate_checkpoint(
     latest = tf.train.latest_checkpoint(str(checkpoints))
     if latest is None:
         raise ConfigError(f"No checkpoint in {checkpoints}.")
-    env = make_batch_env(
-        env_config["task"], 1, seed=seed, parallel=False, **_env_kwargs(env_config)
-    )
+    shapes = {k: tuple(s.shape) for k, s in env.obs_space.items() if k not in RESERVED}
+    trainer = trainer_fn(shapes, int(env.act_space.shape[0]), env.discrete)
+    agent = Agent(trainer)
+    tf.train.Checkpoint(trainer=trainer, agent=agent).restore(latest).expect_partial()
+    return agent
+
+
+def evaluate_checkpoint(
+    logdir: str | os.PathLike,
+    episodes: int,
+    seed: int,
+    env_config: dict,
+    trainer_fn: Callable,
+) -> list[float]:
+    """Runs `episodes` episodes with mode actions of a run's latest checkpoint."""
+    env = make_env_batch(env_config, seed)
     try:
-        shapes = {k: tuple(s.shape) for k, s in env.obs_space.items() if k not in RESERVED}
-        action_size = int(env.act_space.shape[0])
-        trainer = trainer_fn(shapes, action_size, env.discrete)
-        agent = Agent(trainer)
-        tf.train.Checkpoint(trainer=trainer, agent=agent).restore(latest).expect_partial()
+        agent = restore_agent(logdir, env, trainer_fn)
         policy = lambda obs, state: agent.policy(obs, state, explore=False)
-        returns, _ = run_episodes(env, policy, episodes, action_size)
+        returns, _ = run_episodes(env, policy, episodes, agent.action_size)
     finally:
         env.close()
     return returns
@@ -72,9 +75,7 @@ def evaluate_saved_model(
     if "task" not in env_config:
         raise ConfigError("The export names no task; pass one.")
     policy_module = tf.saved_model.load(str(path))
-    env = make_batch_env(
-        env_config["task"], 1, seed=seed, parallel=False, **_env_kwargs(env_config)
-    )
+    env = make_env_batch(env_config, seed)
     try:
         keys = list(spec["observation"])
 
@@ -91,7 +92,10 @@ def evaluate_saved_model(
     return returns
 
 
-def _env_kwargs(env_config: dict) -> dict:
-    return {
-        k: env_config[k] for k in ("action_repeat", "obs_type", "time_limit") if k in env_config
-    }
+ENV_KEYS = ("action_repeat", "obs_type", "time_limit")
+
+
+def make_env_batch(env_config: dict, seed: int):
+    """One in-process environment from a {task, action_repeat, ...} dict."""
+    kwargs = {k: env_config[k] for k in ENV_KEYS if env_config.get(k) is not None}
+    return make_batch_env(env_config["task"], 1, seed=seed, parallel=False, **kwargs)

@@ -54,7 +54,7 @@ class ExportedPolicy(tf.Module):
 
     def _step(self, observation, state):
         no_seed = tf.zeros([2], tf.int32)
-        return self._agent.value.step(observation, state, tf.constant(False), no_seed)
+        return self._agent.value.step(observation, state, False, no_seed)
 
     def _serve(self, observation, state):
         action, new_state = self._step(observation, state)

@@ -53,19 +53,25 @@ class Agent(tf.Module):
         if state is None:
             state = self.initial_state(int(obs["is_first"].shape[0]))
         seed = tf.cast(self.rng.make_seeds(1)[:, 0], tf.int32)
-        action, state = self._compiled_step(obs, state, tf.constant(explore), seed)
+        action, state = self._compiled_step(obs, state, bool(explore), seed)
         return action.numpy(), state
 
-    def step(self, obs: dict, state: PolicyState, explore: tf.Tensor, seed: tf.Tensor):
-        """One uncompiled policy step on tensors (the SavedModel export traces it)."""
+    def step(self, obs: dict, state: PolicyState, explore: bool, seed: tf.Tensor):
+        """One uncompiled policy step on tensors (the SavedModel export traces it).
+
+        Exploring samples the latent and the action; otherwise both are modes, so
+        evaluation and the exported policy are deterministic functions of the
+        observations (DreamerV2 samples the latent in evaluation too)."""
         wm = self.world_model
         data = wm.preprocess(obs)
         latent = {k: v for k, v in state.items() if k != "action"}
         embed = wm.encoder(data)
         obs_seed, act_seed = split_seed(seed, 2)
-        latent, _ = wm.rssm.obs_step(latent, state["action"], embed, obs["is_first"], obs_seed)
+        latent, _ = wm.rssm.obs_step(
+            latent, state["action"], embed, obs["is_first"], obs_seed, sample=explore
+        )
         dist = self.actor(wm.rssm.get_feat(latent))
-        action = tf.cond(explore, lambda: dist.sample(seed=act_seed), dist.mode)
+        action = dist.sample(seed=act_seed) if explore else dist.mode()
         if self.discrete:  # exact one-hot (the straight-through sample is off by ~1e-7)
             action = tf.one_hot(tf.argmax(action, -1), self.action_size)
         action = tf.cast(action, wm.compute_dtype)
