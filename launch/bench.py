@@ -50,6 +50,7 @@ def run_case(config: str, mode: str) -> dict:
 
     import tempo  # noqa: F401
     from tempo import configurables
+    from tempo.synthetic import random_batch
 
     files, shapes, action_size, discrete = CONFIGS[config]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,7 +59,7 @@ def run_case(config: str, mode: str) -> dict:
         [os.path.join(root, "gin_configs", f"{f}.gin") for f in files], params
     )
     trainer = configurables.build_trainer(shapes, action_size, discrete)
-    batch = synthetic_batch(shapes, action_size, discrete, FLAGS.batch, FLAGS.length)
+    batch = random_batch(shapes, action_size, discrete, FLAGS.batch, FLAGS.length)
     state = trainer.initial_state(FLAGS.batch)
 
     start = time.perf_counter()
@@ -93,30 +94,6 @@ def run_case(config: str, mode: str) -> dict:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "params": trainer.parameter_counts(),
     }
-
-
-def synthetic_batch(shapes, action_size, discrete, batch, length):
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    data = {}
-    for key, shape in shapes.items():
-        if len(shape) == 3:
-            data[key] = rng.integers(0, 256, (batch, length, *shape), dtype=np.uint8)
-        else:
-            data[key] = rng.normal(size=(batch, length, *shape)).astype(np.float32)
-    if discrete:
-        data["action"] = np.eye(action_size, dtype=np.float32)[
-            rng.integers(0, action_size, (batch, length))
-        ]
-    else:
-        data["action"] = rng.uniform(-1, 1, (batch, length, action_size)).astype(np.float32)
-    data["reward"] = rng.normal(size=(batch, length)).astype(np.float32)
-    data["is_first"] = np.zeros((batch, length), bool)
-    data["is_first"][:, 0] = True
-    data["is_last"] = np.zeros((batch, length), bool)
-    data["is_terminal"] = np.zeros((batch, length), bool)
-    return data
 
 
 def count_gflop(trainer, batch, state) -> float | None:

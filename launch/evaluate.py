@@ -29,10 +29,12 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if bool(FLAGS.logdir) == bool(FLAGS.saved_model):
         raise app.UsageError("Give exactly one of --logdir or --saved_model.")
+    from launch.common import quiet_logs
     from tempo import configurables
     from tempo.errors import ConfigError
     from tempo.evaluation import evaluate_checkpoint, evaluate_saved_model
 
+    quiet_logs()
     try:
         if FLAGS.logdir:
             overrides = [f"train.task = {FLAGS.task!r}"] if FLAGS.task else []

@@ -22,11 +22,13 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    from launch.common import quiet_logs
     from tempo import configurables
     from tempo.errors import ConfigError
     from tempo.evaluation import make_env_batch, restore_agent
     from tempo.export import export_policy
 
+    quiet_logs()
     try:
         env_config = configurables.run_env_config(FLAGS.logdir, [])
         env = make_env_batch(env_config, seed=0)

@@ -55,10 +55,10 @@ def write_config(logdir: str) -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    from launch.common import quiet_logs
     from tempo import configurables
-    from tempo.run import configure_logging
 
-    configure_logging()
+    quiet_logs()
     try:
         configurables.parse_config(FLAGS.gin_file, [*FLAGS.gin_param, *overrides()])
     except ValueError as error:

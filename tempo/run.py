@@ -9,8 +9,6 @@ DreamerV2.
 from __future__ import annotations
 
 import json
-import logging
-import os
 import pathlib
 import signal
 from collections.abc import Callable
@@ -94,7 +92,7 @@ def train(
 
     logger = Logger(logdir)
     metrics = MetricsAccumulator()
-    fps = FPS()
+    fps, ups = FPS(), FPS()  # env frames and updates per second
     driver = Driver(env, num_envs, action_size)
     driver.on_step.append(lambda tran, worker: replay.add_step(tran, worker))
     # Count environment steps taken; the observation after a reset is not one.
@@ -125,6 +123,7 @@ def train(
         nonlocal train_state
         train_state, mets = trainer.train(next(dataset), train_state)
         metrics.add({k: float(v) for k, v in mets.items()})
+        ups.update(1)
 
     if int(trainer.step) == 0:
         print(f"Pretrain: {pretrain} updates.")
@@ -164,7 +163,7 @@ def train(
                     logger.video(f"openl_{key}", video_fn(batch, key).numpy())
             if frame - last["log"] >= log_every:
                 last["log"] = frame
-                write_logs(logger, metrics, fps, replay, trainer, frame, steps)
+                write_logs(logger, metrics, fps, ups, replay, trainer, frame, steps)
             if frame - last["ckpt"] >= checkpoint_every:
                 last["ckpt"] = frame
                 manager.save(checkpoint_number=int(agent_steps))
@@ -173,7 +172,7 @@ def train(
             signal.signal(sig, handler)
         frame = int(agent_steps) * repeat
         manager.save(checkpoint_number=int(agent_steps))
-        write_logs(logger, metrics, fps, replay, trainer, frame, steps)
+        write_logs(logger, metrics, fps, ups, replay, trainer, frame, steps)
         logger.close()
         env.close()
         eval_env.close()
@@ -196,13 +195,14 @@ def evaluate(env, agent: Agent, episodes: int, logger: Logger) -> float:
     return float(np.mean(returns))
 
 
-def write_logs(logger, metrics, fps, replay, trainer, frame, total_frames) -> None:
+def write_logs(logger, metrics, fps, ups, replay, trainer, frame, total_frames) -> None:
     rate = fps.rate()
     logger.scalars(metrics.result(), prefix="train")
     metrics.reset()
     logger.scalars(
         {
             "fps": rate,
+            "updates_per_s": ups.rate(),
             "replay_steps": replay.num_steps,
             "replay_episodes": replay.num_episodes,
             "updates": int(trainer.step),
@@ -210,8 +210,3 @@ def write_logs(logger, metrics, fps, replay, trainer, frame, total_frames) -> No
         }
     )
     logger.write(frame)
-
-
-def configure_logging() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

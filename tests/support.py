@@ -1,11 +1,9 @@
-"""Test support: random replay-like batches and tiny trainers built with plain
-keyword arguments (no gin)."""
+"""Test support: tiny trainers built with plain keyword arguments (no gin), and
+random replay-like batches (re-exported from tempo.synthetic)."""
 
 from __future__ import annotations
 
 import functools
-
-import numpy as np
 
 import tempo  # noqa: F401
 from tempo.agent.behavior import ActorCritic
@@ -17,6 +15,7 @@ from tempo.networks.encoder import Encoder
 from tempo.networks.heads import Actor, DistHead
 from tempo.networks.meta_weighter import MetaWeighter
 from tempo.networks.rssm import RSSM
+from tempo.synthetic import random_batch  # noqa: F401  (re-exported for tests)
 
 P = functools.partial
 
@@ -60,32 +59,3 @@ def tiny_trainer(
             jit_compile=jit_compile,
         ),
     )
-
-
-def random_batch(shapes, action_size, discrete, batch=2, length=5, seed=0, terminal_at=None):
-    """A replay-like batch of random data: uint8 images, float vectors, one-hot or
-    [-1, 1] actions, is_first at t=0 (and after `terminal_at`)."""
-    rng = np.random.default_rng(seed)
-    data = {}
-    for key, shape in shapes.items():
-        if len(shape) == 3:
-            data[key] = rng.integers(0, 256, (batch, length, *shape), dtype=np.uint8)
-        else:
-            data[key] = rng.normal(size=(batch, length, *shape)).astype(np.float32)
-    if discrete:
-        data["action"] = np.eye(action_size, dtype=np.float32)[
-            rng.integers(0, action_size, (batch, length))
-        ]
-    else:
-        data["action"] = rng.uniform(-1, 1, (batch, length, action_size)).astype(np.float32)
-    data["reward"] = rng.normal(size=(batch, length)).astype(np.float32)
-    data["is_first"] = np.zeros((batch, length), bool)
-    data["is_first"][:, 0] = True
-    data["is_last"] = np.zeros((batch, length), bool)
-    data["is_terminal"] = np.zeros((batch, length), bool)
-    if terminal_at is not None:
-        data["is_last"][:, terminal_at] = True
-        data["is_terminal"][:, terminal_at] = True
-        if terminal_at + 1 < length:
-            data["is_first"][:, terminal_at + 1] = True
-    return data
