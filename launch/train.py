@@ -4,7 +4,7 @@ r"""Train TEMPO (or DreamerV2 with --meta=false) on Atari, DMC or a gymnasium en
       --task dmc_walker_walk
 
 The convenience flags override the gin files and --gin_param bindings. The
-operative gin config is written to <logdir>/config.gin. Re-running with the
+configuration is written to <logdir>/config.gin and operative_config.gin. Re-running with the
 same --logdir resumes from the latest checkpoint and the replay on disk.
 """
 
@@ -45,11 +45,15 @@ def overrides() -> list[str]:
 
 
 def write_config(logdir: str) -> None:
-    """Saves the parsed gin configuration beside the run (called once the logdir exists)."""
+    """Saves the gin configuration beside the run once the agent is built:
+    config.gin (every parsed binding; what evaluate and export rebuild from) and
+    operative_config.gin (every parameter the run actually used, defaults too)."""
     import gin
 
     with open(os.path.join(logdir, "config.gin"), "w") as f:
         f.write(gin.config_str())
+    with open(os.path.join(logdir, "operative_config.gin"), "w") as f:
+        f.write(gin.operative_config_str())
 
 
 def main(argv):

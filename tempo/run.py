@@ -56,8 +56,8 @@ def train(
 ) -> dict:
     """Trains an agent in `logdir`, resuming from its checkpoint and replay if any.
 
-    `on_start(logdir)` runs once the task is known to be valid and the logdir
-    exists (the launcher saves its config there). Returns a summary dict.
+    `on_start(logdir)` runs once the task is valid, the logdir exists and the
+    agent is built (the launcher saves its configuration there). Returns a summary dict.
     """
     logdir = pathlib.Path(logdir).expanduser()
     try:
@@ -68,8 +68,6 @@ def train(
         raise ConfigError(f"Cannot make task {task!r}: {error}") from error
     eval_env = make_batch_env(task, 1, seed=seed + 10_000, parallel=False, **env_kwargs)
     logdir.mkdir(parents=True, exist_ok=True)
-    if on_start is not None:
-        on_start(str(logdir))
     obs_shapes = {k: tuple(s.shape) for k, s in env.obs_space.items() if k not in RESERVED}
     action_size = int(env.act_space.shape[0])
 
@@ -83,6 +81,8 @@ def train(
     )
     trainer = trainer_fn(obs_shapes, action_size, env.discrete, seed=seed)
     agent = Agent(trainer, seed=seed)
+    if on_start is not None:
+        on_start(str(logdir))
     agent_steps = tf.Variable(0, dtype=tf.int64, name="agent_steps")
     checkpoint = tf.train.Checkpoint(trainer=trainer, agent=agent, agent_steps=agent_steps)
     manager = tf.train.CheckpointManager(checkpoint, logdir / "checkpoints", max_to_keep=3)
@@ -137,7 +137,7 @@ def train(
 
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     frame0 = int(agent_steps) * repeat
-    last = {"eval": -1, "log": frame0, "ckpt": frame0, "video": frame0}
+    last = {"eval": -1, "video": -1, "log": frame0, "ckpt": frame0}
     image_keys = trainer.world_model.decoder.cnn_keys
     video_fn = tf.function(trainer.world_model.video_prediction)
     eval_return = None
@@ -156,8 +156,8 @@ def train(
             for _ in range(train_steps):
                 update()
             frame = int(agent_steps) * repeat
-            if image_keys and video_every and frame - last["video"] >= video_every:
-                last["video"] = frame
+            if image_keys and video_every and frame // video_every != last["video"]:
+                last["video"] = frame // video_every
                 batch = next(dataset)
                 for key in image_keys:
                     logger.video(f"openl_{key}", video_fn(batch, key).numpy())

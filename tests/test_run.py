@@ -72,6 +72,10 @@ def test_gym_run_leaves_a_complete_logdir_and_a_standalone_policy(tmp_path):
         "--gin_param=train.eval_every = 100",
     )
     assert (logdir / "config.gin").read_text().count("train.task = 'gym_CartPole-v1'") == 1
+    operative = (logdir / "operative_config.gin").read_text()
+    assert (
+        "RSSM.deter = 16" in operative and "BilevelTrainer.hypergrad_sign = 'released'" in operative
+    )
     assert list(logdir.glob("events.out.tfevents.*")) or list(logdir.rglob("events.out.tfevents.*"))
     lines = [json.loads(x) for x in (logdir / "metrics.jsonl").read_text().splitlines()]
     assert lines and lines[-1]["step"] == 200
@@ -113,12 +117,23 @@ def test_dmc_pixels_dreamerv2_run(tmp_path):
         "--meta=false",
         "--gin_param=train.obs_type = 'pixels'",
         "--gin_param=train.time_limit = 30",
-        "--gin_param=train.export = False",
     )
     lines = [json.loads(x) for x in (logdir / "metrics.jsonl").read_text().splitlines()]
     keys = set().union(*lines)
     assert "train/image_loss" in keys and "train/upper_loss" not in keys
     assert lines[-1]["step"] == 120
+    spec = json.loads((logdir / "saved_model" / "policy_spec.json").read_text())
+    assert spec["observation"]["image"] == {"shape": [64, 64, 3], "dtype": "uint8"}
+    assert (logdir / "checkpoints" / "checkpoint").exists()
+    import tensorflow as tf
+
+    tags = {
+        value.tag
+        for path in logdir.glob("events.out.tfevents.*")
+        for event in tf.compat.v1.train.summary_iterator(str(path))
+        for value in event.summary.value
+    }
+    assert "openl_image" in tags and "train/model_loss" in tags
 
 
 def test_sigkill_then_resume_at_the_checkpointed_step(tmp_path):
