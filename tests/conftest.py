@@ -17,7 +17,6 @@ def float64():
     """Builds Keras layers in float64 for the duration of a test."""
     import tensorflow as tf
 
-
     previous = tf.keras.backend.floatx()
     tf.keras.backend.set_floatx("float64")
     yield

@@ -74,8 +74,10 @@ def test_noops_at_reset():
 def test_time_limit_is_last_not_terminal():
     env = make_env("atari_pong", time_limit=5, noops=0)
     env.reset()
-    flags = [(bool(o["is_last"]), bool(o["is_terminal"]))
-             for o in (env.step(one_hot(0, 6)) for _ in range(5))]
+    flags = [
+        (bool(o["is_last"]), bool(o["is_terminal"]))
+        for o in (env.step(one_hot(0, 6)) for _ in range(5))
+    ]
     assert flags == [(False, False)] * 4 + [(True, False)]
     with pytest.raises(RuntimeError, match="reset"):
         env.step(one_hot(0, 6))

@@ -124,10 +124,12 @@ class Painter(gymnasium.Env):
 
     def __init__(self, render_mode=None):
         self.render_mode = render_mode
-        self.observation_space = gymnasium.spaces.Dict({
-            "pos": gymnasium.spaces.Box(-1, 1, (2, 2), np.float64),
-            "mode": gymnasium.spaces.Discrete(3),
-        })
+        self.observation_space = gymnasium.spaces.Dict(
+            {
+                "pos": gymnasium.spaces.Box(-1, 1, (2, 2), np.float64),
+                "mode": gymnasium.spaces.Discrete(3),
+            }
+        )
         self.action_space = gymnasium.spaces.Discrete(2)
         self.t = 0
 

@@ -68,8 +68,10 @@ def test_worker_exception_names_index_and_traceback():
 
 
 def test_construction_error_names_index():
-    fns = [functools.partial(make_env, "gym_CartPole-v1"),
-           functools.partial(make_env, "gym_NoSuchEnv-v0")]
+    fns = [
+        functools.partial(make_env, "gym_CartPole-v1"),
+        functools.partial(make_env, "gym_NoSuchEnv-v0"),
+    ]
     with pytest.raises(EnvWorkerError, match=r"environment 1: construction raised.*NoSuchEnv"):
         ParallelEnv(fns, timeout=30)
     with pytest.raises(EnvWorkerError, match="environment 1"):
@@ -105,8 +107,10 @@ def test_hung_worker_times_out():
 
 def test_parallel_pixels_in_workers_match_serial():
     # Rendering (EGL) and ALE must work in spawned workers, not only in the parent.
-    for task, action in (("dmc_cartpole_swingup", np.full((2, 1), 0.3, np.float32)),
-                         ("atari_pong", np.eye(6, dtype=np.float32)[[2, 3]])):
+    for task, action in (
+        ("dmc_cartpole_swingup", np.full((2, 1), 0.3, np.float32)),
+        ("atari_pong", np.eye(6, dtype=np.float32)[[2, 3]]),
+    ):
         fns = ctors(task, 2, time_limit=3)
         serial = SerialEnv(fns)
         with ParallelEnv(fns, timeout=60) as parallel:

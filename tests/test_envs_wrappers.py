@@ -27,7 +27,9 @@ class Counter(BaseEnv):
         self.observations = 0
         self.actions = []
         self.obs_space = {
-            "vector": vector_space(1), "image": image_space((10, 20, 3)), **flag_spaces()
+            "vector": vector_space(1),
+            "image": image_space((10, 20, 3)),
+            **flag_spaces(),
         }
         self.act_space = action_space or gymnasium.spaces.Discrete(3)
 
@@ -89,8 +91,9 @@ def test_time_limit_is_last_not_terminal_and_resets():
     env = TimeLimit(inner, 3)
     for _ in range(2):
         assert env.reset()["is_first"]
-        flags = [(bool(o["is_last"]), bool(o["is_terminal"])) for o in
-                 (env.step(0) for _ in range(3))]
+        flags = [
+            (bool(o["is_last"]), bool(o["is_terminal"])) for o in (env.step(0) for _ in range(3))
+        ]
         assert flags == [(False, False), (False, False), (True, False)]
     with pytest.raises(RuntimeError, match="reset"):
         env.step(0)
@@ -153,8 +156,9 @@ def overlap_weights(n_in, n_out):
     return weights
 
 
-@pytest.mark.parametrize("shape, size", [((21, 16, 3), (8, 6)), ((7, 9, 1), (3, 4)),
-                                         ((3, 5, 2), (7, 11))])
+@pytest.mark.parametrize(
+    "shape, size", [((21, 16, 3), (8, 6)), ((7, 9, 1), (3, 4)), ((3, 5, 2), (7, 11))]
+)
 def test_resize_area_matches_overlap_reference(shape, size):
     image = np.random.default_rng(1).integers(0, 256, shape).astype(np.uint8)
     rows, cols = overlap_weights(shape[0], size[0]), overlap_weights(shape[1], size[1])
