@@ -59,3 +59,15 @@ def tiny_trainer(
             jit_compile=jit_compile,
         ),
     )
+
+
+def run_until_last(env, action, max_steps, check=None):
+    """Repeats `action` until is_last; returns (agent steps taken, last observation).
+    `check(obs)`, when given, runs on every observation."""
+    for step in range(1, max_steps + 1):
+        obs = env.step(action)
+        if check is not None:
+            check(obs)
+        if obs["is_last"]:
+            return step, obs
+    raise AssertionError(f"episode did not end within {max_steps} steps")

@@ -3,20 +3,10 @@
 import gymnasium
 import numpy as np
 import pytest
+from support import run_until_last
 
 from tempo.envs import make_env
 from tempo.envs.dmc import resolve_task
-
-
-def run_until_last(env, action, max_steps, check=False):
-    """Repeat ``action`` until is_last; return (agent steps taken, last observation)."""
-    for step in range(1, max_steps + 1):
-        obs = env.step(action)
-        if check:
-            check_obs(env, obs)
-        if obs["is_last"]:
-            return step, obs
-    raise AssertionError(f"episode did not end within {max_steps} steps")
 
 
 def check_obs(env, obs):

@@ -3,21 +3,11 @@
 import gymnasium
 import numpy as np
 import pytest
+from support import run_until_last
 
 from tempo.envs import make_env
 
 ONE_HOT = np.eye(2, dtype=np.float32)
-
-
-def run_until_last(env, action, max_steps, check=False):
-    """Repeat ``action`` until is_last; return (agent steps taken, last observation)."""
-    for step in range(1, max_steps + 1):
-        obs = env.step(action)
-        if check:
-            check_obs(env, obs)
-        if obs["is_last"]:
-            return step, obs
-    raise AssertionError(f"episode did not end within {max_steps} steps")
 
 
 def check_obs(env, obs, first=False):
@@ -37,7 +27,7 @@ def test_cartpole_spaces_one_hot_and_termination():
     assert env.obs_space["vector"].shape == (4,) and env.obs_space["vector"].dtype == np.float32
     check_obs(env, env.reset(), first=True)
     # Always pushing right topples the pole within a few dozen steps: a true termination.
-    step, obs = run_until_last(env, ONE_HOT[1], 100, check=True)
+    step, obs = run_until_last(env, ONE_HOT[1], 100, check=lambda o: check_obs(env, o))
     assert obs["is_last"] and obs["is_terminal"] and step < 60
     with pytest.raises(ValueError, match="one-hot"):
         env.step(np.array([1, 1], np.float32))
