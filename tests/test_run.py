@@ -219,3 +219,24 @@ def test_evaluate_and_export_launchers(tmp_path):
     assert a["returns"] == b["returns"]
     out = run("launch.evaluate", f"--logdir={tmp_path / 'nothing'}")
     assert out.returncode != 0 and "config.gin" in out.stderr
+
+
+def test_parallel_env_workers_feed_one_learner(tmp_path):
+    logdir = tmp_path / "par"
+    launch(
+        logdir,
+        "--task=gym_CartPole-v1",
+        "--steps=120",
+        "--gin_param=train.num_envs = 2",
+        "--gin_param=train.parallel_envs = True",
+        "--gin_param=train.export = False",
+    )
+    lines = [json.loads(x) for x in (logdir / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["step"] == 120 and lines[-1]["updates"] > 0
+    # Both workers' episodes reach the replay, each one complete and contiguous.
+    import numpy as np
+
+    for path in (logdir / "replay").glob("*.npz"):
+        with np.load(path) as episode:
+            assert episode["is_first"][0] and episode["is_last"][-1]
+            assert episode["is_first"].sum() == 1 and episode["is_last"].sum() == 1
