@@ -67,11 +67,11 @@ def main(argv):
         configurables.parse_config(FLAGS.gin_file, [*FLAGS.gin_param, *overrides()])
     except ValueError as error:
         sys.exit(f"error: {error}")
-    from tempo.errors import ConfigError
+    from tempo.errors import ConfigError, NonFiniteError
 
     try:
         summary = configurables.train(FLAGS.logdir, on_start=write_config)
-    except ConfigError as error:
+    except (ConfigError, NonFiniteError) as error:
         sys.exit(f"error: {error}")
     print(f"Done: {summary}")
 

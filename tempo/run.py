@@ -21,7 +21,7 @@ from tempo.agent.bilevel import BilevelTrainer
 from tempo.agent.builder import build_trainer
 from tempo.driver import Driver
 from tempo.envs import DEFAULT_ACTION_REPEAT, make_batch_env
-from tempo.errors import ConfigError
+from tempo.errors import ConfigError, NonFiniteError
 from tempo.evaluation import RESERVED, run_episodes
 from tempo.logging import FPS, Logger, MetricsAccumulator
 from tempo.replay import Replay
@@ -51,6 +51,7 @@ def train(
     video_every: int = 10_000,
     checkpoint_every: int = 10_000,
     export: bool = True,
+    max_nonfinite_updates: int = 100,
     trainer_fn: Callable[..., BilevelTrainer] = build_trainer,
     on_start: Callable[[str], None] | None = None,
 ) -> dict:
@@ -124,6 +125,12 @@ def train(
         train_state, mets = trainer.train(next(dataset), train_state)
         metrics.add({k: float(v) for k, v in mets.items()})
         ups.update(1)
+        if int(trainer.nonfinite_streak) >= max_nonfinite_updates:
+            raise NonFiniteError(
+                f"{int(trainer.nonfinite_streak)} consecutive updates had non-finite losses "
+                f"or gradients (see train/update_skipped in {logdir / 'metrics.jsonl'}); "
+                f"stopping with the last good checkpoint in {logdir / 'checkpoints'} intact."
+            )
 
     if int(trainer.step) == 0:
         print(f"Pretrain: {pretrain} updates.")
@@ -145,6 +152,7 @@ def train(
     def acting_policy(obs, state):
         return agent.policy(obs, state, explore=True)
 
+    diverged = False
     try:
         while int(agent_steps) < total_agent_steps and not stop["now"]:
             frame = int(agent_steps) * repeat
@@ -167,11 +175,15 @@ def train(
             if frame - last["ckpt"] >= checkpoint_every:
                 last["ckpt"] = frame
                 manager.save(checkpoint_number=int(agent_steps))
+    except NonFiniteError:
+        diverged = True
+        raise
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         frame = int(agent_steps) * repeat
-        manager.save(checkpoint_number=int(agent_steps))
+        if not diverged:  # a diverged run keeps its last good checkpoint as the latest
+            manager.save(checkpoint_number=int(agent_steps))
         write_logs(logger, metrics, fps, ups, replay, trainer, frame, steps)
         logger.close()
         env.close()

@@ -240,3 +240,62 @@ def test_parallel_env_workers_feed_one_learner(tmp_path):
         with np.load(path) as episode:
             assert episode["is_first"][0] and episode["is_last"][-1]
             assert episode["is_first"].sum() == 1 and episode["is_last"].sum() == 1
+
+
+def test_consecutive_non_finite_updates_stop_the_run_and_keep_the_last_checkpoint(tmp_path):
+    """In process: an environment whose rewards are NaN makes every update non-finite."""
+    import gymnasium
+    import numpy as np
+    import tensorflow as tf
+    from support import tiny_trainer
+
+    from tempo.errors import NonFiniteError
+    from tempo.run import train
+
+    class NanReward(gymnasium.Env):
+        observation_space = gymnasium.spaces.Box(-1.0, 1.0, (3,), np.float32)
+        action_space = gymnasium.spaces.Discrete(2)
+
+        def reset(self, seed=None, options=None):
+            super().reset(seed=seed)
+            self.t = 0
+            return np.zeros(3, np.float32), {}
+
+        def step(self, action):
+            self.t += 1
+            return np.full(3, 0.01 * self.t, np.float32), float("nan"), False, self.t >= 10, {}
+
+    gymnasium.register("TempoNanReward-v0", entry_point=NanReward)
+    logdir = tmp_path / "nan"
+    with pytest.raises(NonFiniteError, match="6 consecutive updates"):
+        train(
+            logdir,
+            task="gym_TempoNanReward-v0",
+            steps=1000,
+            prefill=20,
+            pretrain=0,
+            train_every=5,
+            batch_size=2,
+            batch_length=4,
+            eval_every=0,
+            log_every=10,
+            checkpoint_every=10,
+            max_nonfinite_updates=6,
+            export=False,
+            trainer_fn=lambda shapes, size, discrete, seed: tiny_trainer(
+                shapes, size, discrete, seed=seed
+            ),
+        )
+    latest = tf.train.latest_checkpoint(str(logdir / "checkpoints"))
+    saved_step = int(latest.rsplit("-", 1)[1])
+    lines = [json.loads(x) for x in (logdir / "metrics.jsonl").read_text().splitlines()]
+    assert saved_step < 20 + 6 * 5  # no checkpoint written at the failing step
+    assert all(line.get("train/update_skipped") in (None, 1.0) for line in lines)
+    # The checkpoint holds the untouched (initial, finite) world model.
+    reader = tf.train.load_checkpoint(latest)
+    values = [
+        reader.get_tensor(name)
+        for name, _ in tf.train.list_variables(latest)
+        if "world_model" in name and "OPTIMIZER" not in name and name.endswith("VARIABLE_VALUE")
+    ]
+    assert values and all(np.isfinite(v).all() for v in values)
