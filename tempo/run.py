@@ -57,8 +57,9 @@ def train(
 ) -> dict:
     """Trains an agent in `logdir`, resuming from its checkpoint and replay if any.
 
-    `on_start(logdir)` runs once the task is valid, the logdir exists and the
-    agent is built (the launcher saves its configuration there). Returns a summary dict.
+    `on_start(logdir)` runs once the task is valid, the agent is built and any
+    checkpoint in the logdir restored (the launcher saves its configuration
+    there). Returns a summary dict.
     """
     logdir = pathlib.Path(logdir).expanduser()
     try:
@@ -82,14 +83,21 @@ def train(
     )
     trainer = trainer_fn(obs_shapes, action_size, env.discrete, seed=seed)
     agent = Agent(trainer, seed=seed)
-    if on_start is not None:
-        on_start(str(logdir))
     agent_steps = tf.Variable(0, dtype=tf.int64, name="agent_steps")
     checkpoint = tf.train.Checkpoint(trainer=trainer, agent=agent, agent_steps=agent_steps)
     manager = tf.train.CheckpointManager(checkpoint, logdir / "checkpoints", max_to_keep=3)
     if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        try:
+            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        except (ValueError, AssertionError) as error:
+            raise ConfigError(
+                f"The checkpoint {manager.latest_checkpoint} does not match this configuration: "
+                f"{str(error).splitlines()[0]} Nothing in {logdir} was changed; resume with the "
+                f"run's own settings ({logdir / 'config.gin'}) or start a new --logdir."
+            ) from error
         print(f"Resumed from {manager.latest_checkpoint} at env frame {int(agent_steps) * repeat}.")
+    if on_start is not None:
+        on_start(str(logdir))
 
     logger = Logger(logdir)
     metrics = MetricsAccumulator()

@@ -299,3 +299,20 @@ def test_consecutive_non_finite_updates_stop_the_run_and_keep_the_last_checkpoin
         if "world_model" in name and "OPTIMIZER" not in name and name.endswith("VARIABLE_VALUE")
     ]
     assert values and all(np.isfinite(v).all() for v in values)
+
+
+def test_resuming_with_a_mismatched_config_fails_clearly_and_changes_nothing(tmp_path):
+    logdir = tmp_path / "mm"
+    launch(logdir, "--task=gym_CartPole-v1", "--steps=60", "--gin_param=train.export = False")
+    before = {
+        p: p.read_bytes() for p in logdir.rglob("*") if p.is_file() and "events" not in p.name
+    }
+    cmd = [sys.executable, "-m", "launch.train", f"--logdir={logdir}", *DEBUG]
+    cmd += ["--task=gym_CartPole-v1", "--steps=120", "--gin_param=RSSM.deter = 20"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    errors = [x for x in out.stderr.splitlines() if x.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: The checkpoint")
+    assert "incompatible tensor with shape (144, 16)" in errors[0] and "(148, 16)" in errors[0]
+    after = {p: p.read_bytes() for p in logdir.rglob("*") if p.is_file() and "events" not in p.name}
+    assert after == before
