@@ -13,7 +13,6 @@ from tempo.networks.heads import DistHead
 from tempo.networks.rssm import RSSM, State, split_seed
 
 REWARD_TRANSFORMS = {"identity": tf.identity, "tanh": tf.tanh, "sign": tf.sign}
-RESERVED_KEYS = ("action", "reward", "is_first", "is_last", "is_terminal", "discount")
 
 
 class WorldModel(tf.keras.Model):
