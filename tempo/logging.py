@@ -104,6 +104,11 @@ class FPS:
         """Counts `steps` more steps taken since the last `rate()`."""
         self._steps += int(steps)
 
+    @property
+    def pending(self) -> int:
+        """Steps counted since the last `rate()` call."""
+        return self._steps
+
     def rate(self) -> float:
         """Steps per second since the previous call (or construction); restarts
         the count so each log line reports the recent rate, not a lifetime one."""

@@ -216,17 +216,20 @@ def evaluate(env, agent: Agent, episodes: int, logger: Logger) -> float:
 
 
 def write_logs(logger, metrics, fps, ups, replay, trainer, frame, total_frames) -> None:
-    rate = fps.rate()
+    """Writes the averaged train metrics and the loop's rates at env frame `frame`;
+    rates are left out when nothing happened since the last write (the final one)."""
     logger.scalars(metrics.result(), prefix="train")
     metrics.reset()
-    logger.scalars(
-        {
-            "fps": rate,
-            "updates_per_s": ups.rate(),
-            "replay_steps": replay.num_steps,
-            "replay_episodes": replay.num_episodes,
-            "updates": int(trainer.step),
-            "eta_s": (total_frames - frame) / rate if rate > 0 else float("nan"),
-        }
-    )
+    scalars = {
+        "replay_steps": replay.num_steps,
+        "replay_episodes": replay.num_episodes,
+        "updates": int(trainer.step),
+    }
+    if fps.pending:
+        rate = fps.rate()
+        scalars["fps"] = rate
+        scalars["eta_s"] = (total_frames - frame) / rate if rate > 0 else float("nan")
+    if ups.pending:
+        scalars["updates_per_s"] = ups.rate()
+    logger.scalars(scalars)
     logger.write(frame)

@@ -210,3 +210,13 @@ def test_fps_counts_steps_since_the_last_rate(monkeypatch):
     fps.update(10)
     assert fps.rate() == 20.0  # 10 steps in 0.5 s since the previous rate
     assert fps.rate() == 0.0
+
+
+def test_fps_pending_counts_until_rate():
+    fps = FPS()
+    assert fps.pending == 0
+    fps.update(5)
+    fps.update(2)
+    assert fps.pending == 7
+    fps.rate()
+    assert fps.pending == 0
