@@ -141,3 +141,11 @@ def test_key_selection_errors_name_the_keys():
     assert select_keys({"image": (8, 8, 3), "pos": (2,)}, "image", "$^") == (["image"], [])
     with pytest.raises(ValueError, match="available keys"):
         select_keys({"pos": (2,)}, "image", "$^")
+
+
+def test_mlp_widths_must_be_uniform():
+    from tempo.networks.mlp import mlp_from_widths
+
+    assert len(mlp_from_widths((8, 8, 8), "elu", "none")._dense) == 3
+    with pytest.raises(ValueError, match="one width"):
+        Encoder({"pos": (2,)}, mlp_layers=(8, 16))

@@ -7,7 +7,13 @@ import tensorflow as tf
 from tempo.networks import distributions as dists
 from tempo.networks.encoder import select_keys
 from tempo.networks.heads import DistLayer
-from tempo.networks.mlp import MLP, activation, leading_shape, norm_layer, restore_leading
+from tempo.networks.mlp import (
+    activation,
+    leading_shape,
+    mlp_from_widths,
+    norm_layer,
+    restore_leading,
+)
 
 
 class Decoder(tf.keras.Model):
@@ -47,9 +53,7 @@ class Decoder(tf.keras.Model):
                 )
                 self._deconv_norms.append(None if i == last else norm_layer(norm, f"convnorm{i}"))
         if self.mlp_keys:
-            if len(set(mlp_layers)) > 1:
-                raise ValueError(f"mlp_layers must all have one width, got {mlp_layers}.")
-            self._mlp = MLP(len(mlp_layers), mlp_layers[0], act, norm, name="mlp")
+            self._mlp = mlp_from_widths(mlp_layers, act, norm)
             self._mlp_out = {
                 k: DistLayer(self.shapes[k], "mse", name=f"out_{k}") for k in self.mlp_keys
             }

@@ -6,7 +6,13 @@ import re
 
 import tensorflow as tf
 
-from tempo.networks.mlp import MLP, activation, leading_shape, norm_layer, restore_leading
+from tempo.networks.mlp import (
+    activation,
+    leading_shape,
+    mlp_from_widths,
+    norm_layer,
+    restore_leading,
+)
 
 
 def select_keys(
@@ -53,9 +59,7 @@ class Encoder(tf.keras.Model):
         self._conv_norms = [norm_layer(norm, f"convnorm{i}") for i in range(len(cnn_kernels))]
         self._mlp = None
         if self.mlp_keys:
-            self._mlp = MLP(len(mlp_layers), mlp_layers[0], act, norm, name="mlp")
-            if len(set(mlp_layers)) > 1:
-                raise ValueError(f"mlp_layers must all have one width, got {mlp_layers}.")
+            self._mlp = mlp_from_widths(mlp_layers, act, norm)
 
     def call(self, obs: dict[str, tf.Tensor], training: bool | None = None) -> tf.Tensor:
         outputs = []

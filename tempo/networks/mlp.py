@@ -56,6 +56,13 @@ class MLP(tf.keras.layers.Layer):
         return restore_leading(x, lead)
 
 
+def mlp_from_widths(widths: tuple[int, ...], act: str, norm: str, name: str = "mlp") -> MLP:
+    """An MLP from DreamerV2's per-layer width list (all widths must be equal)."""
+    if not widths or len(set(widths)) > 1:
+        raise ValueError(f"mlp_layers must be a non-empty list of one width, got {widths}.")
+    return MLP(len(widths), widths[0], act, norm, name=name)
+
+
 def leading_shape(x: tf.Tensor, event_dims: int):
     """The batch dimensions in front of the last `event_dims`, static when known."""
     lead = x.shape[: len(x.shape) - event_dims]
