@@ -1,0 +1,51 @@
+r"""Learning curves (eval return vs env frames) from run directories.
+
+  python -m launch.plot --logdirs 'logdir/*' --out docs/curves
+
+Writes <out>.png (one panel per task, mean and min-max band over seeds per
+method), <out>.csv (the numbers plotted) and prints final and area-under-curve
+returns per task and method.
+"""
+
+from __future__ import annotations
+
+import glob
+import sys
+
+from absl import app, flags
+
+flags.DEFINE_list("logdirs", None, "Run directories or glob patterns (comma separated).")
+flags.DEFINE_string("out", "curves", "Output path without extension.")
+flags.DEFINE_string("metric", "eval/return", "metrics.jsonl key to plot.")
+flags.mark_flag_as_required("logdirs")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    from tempo import plotting
+
+    paths = sorted({p for pattern in FLAGS.logdirs for p in glob.glob(pattern)})
+    runs = []
+    for path in paths:
+        try:
+            runs.append(plotting.load_run(path, FLAGS.metric))
+        except ValueError as error:
+            print(f"skipping: {error}", file=sys.stderr)
+    if not runs:
+        sys.exit(f"error: no tempo run directory matches {FLAGS.logdirs}")
+    curves = plotting.aggregate(runs)
+    plotting.write_csv(curves, FLAGS.out + ".csv")
+    plotting.plot_curves(curves, FLAGS.out + ".png", FLAGS.metric)
+    print(f"{'task':<24}{'method':<18}{'seeds':>6}{'final':>9}{'AUC':>9}{'wall min':>10}")
+    for (task, method), c in curves.items():
+        print(
+            f"{task:<24}{method:<18}{len(c['seeds']):>6}{c['final']:>9.1f}{c['auc']:>9.1f}"
+            f"{c['wall_s'] / 60:>10.1f}"
+        )
+    print(f"wrote {FLAGS.out}.png and {FLAGS.out}.csv")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,131 @@
+"""Learning curves from run directories: eval return vs env frames, grouped by
+task and method, mean with a min-max band over seeds."""
+
+from __future__ import annotations
+
+import ast
+import csv
+import json
+import os
+import pathlib
+import re
+from collections import defaultdict
+
+import numpy as np
+
+_BINDING = re.compile(r"^\s*([\w./]+)\s*=\s*(.+?)\s*$")
+
+
+def read_bindings(config_path: str | os.PathLike) -> dict[str, object]:
+    """The simple `name = literal` lines of a saved config.gin."""
+    bindings = {}
+    for line in pathlib.Path(config_path).read_text().splitlines():
+        match = _BINDING.match(line)
+        if match:
+            try:
+                bindings[match.group(1)] = ast.literal_eval(match.group(2))
+            except (ValueError, SyntaxError):
+                continue
+    return bindings
+
+
+def method_name(bindings: dict) -> str:
+    """'dreamerv2', 'tempo-released' or 'tempo-lookahead' from a run's bindings."""
+    if not bindings.get("BilevelTrainer.meta", True):
+        return "dreamerv2"
+    return f"tempo-{bindings.get('BilevelTrainer.hypergrad_sign', 'released')}"
+
+
+def load_run(logdir: str | os.PathLike, metric: str = "eval/return") -> dict:
+    """{task, method, seed, steps, values, wall_s} of one run directory."""
+    logdir = pathlib.Path(logdir)
+    config, metrics = logdir / "config.gin", logdir / "metrics.jsonl"
+    if not config.exists() or not metrics.exists():
+        raise ValueError(
+            f"{logdir} is not a tempo run directory (config.gin and metrics.jsonl needed)."
+        )
+    bindings = read_bindings(config)
+    steps, values, times = [], [], []
+    for line in metrics.read_text().splitlines():
+        record = json.loads(line)
+        times.append(record.get("time", 0.0))
+        if record.get(metric) is not None:
+            steps.append(int(record["step"]))
+            values.append(float(record[metric]))
+    return {
+        "logdir": str(logdir),
+        "task": bindings.get("train.task", "unknown"),
+        "method": method_name(bindings),
+        "seed": int(bindings.get("train.seed", 0)),
+        "steps": np.asarray(steps),
+        "values": np.asarray(values),
+        "wall_s": (max(times) - min(times)) if times else 0.0,
+    }
+
+
+def aggregate(runs: list[dict]) -> dict[tuple[str, str], dict]:
+    """Per (task, method): the steps every seed evaluated at, with the mean, min
+    and max over seeds, and the area under the mean curve (trapezoid, per frame)."""
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for run in runs:
+        groups[(run["task"], run["method"])].append(run)
+    curves = {}
+    for key, members in sorted(groups.items()):
+        common = set(members[0]["steps"].tolist())
+        for run in members[1:]:
+            common &= set(run["steps"].tolist())
+        steps = np.array(sorted(common))
+        table = np.array([[dict(zip(r["steps"], r["values"]))[s] for s in steps] for r in members])
+        mean = table.mean(0) if len(steps) else np.array([])
+        span = steps[-1] - steps[0] if len(steps) > 1 else 0
+        trapezoid = float(np.sum((mean[1:] + mean[:-1]) / 2 * np.diff(steps))) if span else 0.0
+        curves[key] = {
+            "steps": steps,
+            "mean": mean,
+            "min": table.min(0) if len(steps) else mean,
+            "max": table.max(0) if len(steps) else mean,
+            "seeds": sorted(r["seed"] for r in members),
+            "final": float(mean[-1]) if len(steps) else float("nan"),
+            "auc": trapezoid / span if span else float("nan"),
+            "wall_s": float(np.mean([r["wall_s"] for r in members])),
+        }
+    return curves
+
+
+def write_csv(curves: dict, path: str | os.PathLike) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["task", "method", "step", "mean", "min", "max", "seeds"])
+        for (task, method), curve in curves.items():
+            seeds = " ".join(str(s) for s in curve["seeds"])
+            for i, step in enumerate(curve["steps"]):
+                row = [curve["mean"][i], curve["min"][i], curve["max"][i]]
+                writer.writerow([task, method, int(step), *(f"{x:.3f}" for x in row), seeds])
+
+
+def plot_curves(curves: dict, path: str | os.PathLike, ylabel: str = "eval return") -> None:
+    """One panel per task, one line (mean) and band (min-max over seeds) per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({task for task, _ in curves})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for (t, method), curve in curves.items():
+            if t != task or not len(curve["steps"]):
+                continue
+            label = f"{method} ({len(curve['seeds'])} seed{'s' if len(curve['seeds']) > 1 else ''})"
+            (line,) = ax.plot(curve["steps"], curve["mean"], label=label)
+            ax.fill_between(
+                curve["steps"], curve["min"], curve["max"], color=line.get_color(), alpha=0.2
+            )
+        ax.set_title(task)
+        ax.set_xlabel("env frames")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
