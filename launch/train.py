@@ -67,11 +67,14 @@ def main(argv):
         configurables.parse_config(FLAGS.gin_file, [*FLAGS.gin_param, *overrides()])
     except ValueError as error:
         sys.exit(f"error: {error}")
-    from tempo.errors import ConfigError, NonFiniteError
+    from tempo.envs import EnvWorkerError
+    from tempo.errors import CheckpointWriteError, ConfigError, NonFiniteError
+    from tempo.replay import ReplayWriteError
 
+    stops = (ConfigError, NonFiniteError, CheckpointWriteError, ReplayWriteError, EnvWorkerError)
     try:
         summary = configurables.train(FLAGS.logdir, on_start=write_config)
-    except (ConfigError, NonFiniteError) as error:
+    except stops as error:
         sys.exit(f"error: {error}")
     print(f"Done: {summary}")
 

@@ -48,7 +48,10 @@ class Driver:
             obs = self.env.step(actions)
             for i in range(self.num_envs):
                 transition = {k: v[i] for k, v in obs.items()}
-                transition["action"] = actions[i]
+                # A restarted worker answers a step with a new episode's first
+                # observation, which by convention carries no action.
+                first = transition["is_first"]
+                transition["action"] = np.zeros_like(actions[i]) if first else actions[i]
                 finished += self._record(transition, i)
             self._obs = obs
             taken += self.num_envs

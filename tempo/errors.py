@@ -7,3 +7,8 @@ class ConfigError(ValueError):
 
 class NonFiniteError(RuntimeError):
     """Too many consecutive updates had non-finite losses or gradients."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, I/O error); the earlier
+    checkpoints are untouched and the run can resume from the latest of them."""

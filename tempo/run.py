@@ -21,7 +21,7 @@ from tempo.agent.bilevel import BilevelTrainer
 from tempo.agent.builder import build_trainer
 from tempo.driver import Driver
 from tempo.envs import DEFAULT_ACTION_REPEAT, make_batch_env
-from tempo.errors import ConfigError, NonFiniteError
+from tempo.errors import CheckpointWriteError, ConfigError, NonFiniteError
 from tempo.evaluation import RESERVED, run_episodes
 from tempo.logging import FPS, Logger, MetricsAccumulator
 from tempo.replay import Replay
@@ -37,6 +37,8 @@ def train(
     time_limit: int | None = None,
     num_envs: int = 1,
     parallel_envs: bool = False,
+    env_failure: str = "raise",
+    env_max_restarts: int = 10,
     batch_size: int = 16,
     batch_length: int = 50,
     replay_capacity: int = 2_000_000,
@@ -57,6 +59,11 @@ def train(
 ) -> dict:
     """Trains an agent in `logdir`, resuming from its checkpoint and replay if any.
 
+    `env_failure` is what a crashed or hung environment worker process
+    (`parallel_envs`) does to the run: 'raise' stops it (a checkpoint is saved),
+    'restart' replaces the worker, up to `env_max_restarts` times, dropping only
+    that environment's unfinished episode.
+
     `on_start(logdir)` runs once the task is valid, the agent is built and any
     checkpoint in the logdir restored (the launcher saves its configuration
     there). Returns a summary dict.
@@ -65,7 +72,15 @@ def train(
     try:
         repeat = action_repeat or DEFAULT_ACTION_REPEAT[task.split("_", 1)[0]]
         env_kwargs = dict(action_repeat=repeat, obs_type=obs_type, time_limit=time_limit)
-        env = make_batch_env(task, num_envs, seed=seed, parallel=parallel_envs, **env_kwargs)
+        env = make_batch_env(
+            task,
+            num_envs,
+            seed=seed,
+            parallel=parallel_envs,
+            on_failure=env_failure,
+            max_restarts=env_max_restarts,
+            **env_kwargs,
+        )
     except (ValueError, KeyError) as error:
         raise ConfigError(f"Cannot make task {task!r}: {error}") from error
     eval_env = make_batch_env(task, 1, seed=seed + 10_000, parallel=False, **env_kwargs)
@@ -98,6 +113,16 @@ def train(
         print(f"Resumed from {manager.latest_checkpoint} at env frame {int(agent_steps) * repeat}.")
     if on_start is not None:
         on_start(str(logdir))
+
+    def save_checkpoint() -> None:
+        try:
+            manager.save(checkpoint_number=int(agent_steps))
+        except (tf.errors.OpError, OSError) as error:
+            raise CheckpointWriteError(
+                f"Could not write a checkpoint to {logdir / 'checkpoints'}: "
+                f"{str(error).splitlines()[0]} The earlier checkpoints are intact (latest: "
+                f"{manager.latest_checkpoint}); free space and re-run the same command to resume."
+            ) from error
 
     logger = Logger(logdir)
     metrics = MetricsAccumulator()
@@ -160,7 +185,7 @@ def train(
     def acting_policy(obs, state):
         return agent.policy(obs, state, explore=True)
 
-    diverged = False
+    skip_final_checkpoint = failing = False
     try:
         while int(agent_steps) < total_agent_steps and not stop["now"]:
             frame = int(agent_steps) * repeat
@@ -182,16 +207,27 @@ def train(
                 write_logs(logger, metrics, fps, ups, replay, trainer, frame, steps)
             if frame - last["ckpt"] >= checkpoint_every:
                 last["ckpt"] = frame
-                manager.save(checkpoint_number=int(agent_steps))
-    except NonFiniteError:
-        diverged = True
+                save_checkpoint()
+    except (NonFiniteError, CheckpointWriteError):
+        # A diverged run keeps its last good checkpoint as the latest; a failed
+        # write is not retried on the way out.
+        skip_final_checkpoint = True
+        raise
+    except BaseException:
+        failing = True
         raise
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         frame = int(agent_steps) * repeat
-        if not diverged:  # a diverged run keeps its last good checkpoint as the latest
-            manager.save(checkpoint_number=int(agent_steps))
+        if not skip_final_checkpoint:
+            try:
+                save_checkpoint()
+            except CheckpointWriteError as error:
+                if not failing:
+                    raise
+                # Keep the error that stopped the run; this one is secondary.
+                print(f"warning: {error}")
         write_logs(logger, metrics, fps, ups, replay, trainer, frame, steps)
         logger.close()
         env.close()

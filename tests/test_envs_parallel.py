@@ -122,3 +122,85 @@ def test_parallel_pixels_in_workers_match_serial():
                     np.testing.assert_array_equal(a[key], b[key], err_msg=f"{task} {key}")
             assert b["is_last"].all() and not b["is_terminal"].any()
         serial.close()
+
+
+def test_restart_policy_replaces_killed_hung_and_raising_workers(caplog):
+    env = ParallelEnv(
+        ctors("gym_CartPole-v1", 2), timeout=2.0, on_failure="restart", max_restarts=4
+    )
+    try:
+        env.reset()
+        first = env.step(actions_for(0))
+        assert not first["is_first"].any()
+        # Killed: env 0 comes back as a new episode, env 1 goes on with its own.
+        old = env.pids[0]
+        os.kill(old, signal.SIGKILL)
+        env._procs[0].join(5)
+        with caplog.at_level("WARNING", logger="tempo.envs.parallel"):
+            obs = env.step(actions_for(1))
+        assert obs["is_first"].tolist() == [True, False]
+        assert obs["reward"][0] == 0 and obs["reward"][1] == 1
+        assert env.pids[0] != old and env.restarts == 1
+        assert "Restarting environment worker 0 (restart 1 of 4)" in caplog.text
+        assert "worker process died" in caplog.text
+        # Hung: SIGSTOP, then the step times out and the worker is replaced.
+        os.kill(env.pids[1], signal.SIGSTOP)
+        start = time.monotonic()
+        obs = env.step(actions_for(2))
+        assert time.monotonic() - start < 20
+        assert obs["is_first"].tolist() == [False, True] and env.restarts == 2
+        # Raising inside the worker (stepping an env after its episode ended).
+        for step in range(600):
+            obs = env.step(actions_for(step))
+            if obs["is_last"].any():
+                break
+        done = obs["is_last"].copy()
+        assert done.any()
+        obs = env.step(actions_for(0))  # finished envs raise when stepped, and are replaced
+        np.testing.assert_array_equal(obs["is_first"], done)
+        assert env.restarts == 2 + done.sum()
+        # The budget is spent: the next failure stops the batch and says so.
+        env.max_restarts = env.restarts
+        os.kill(env.pids[0], signal.SIGKILL)
+        env._procs[0].join(5)
+        with pytest.raises(EnvWorkerError, match=r"environment 0: .*no restart left: all \d spent"):
+            env.step(actions_for(0))
+        assert all(not p.is_alive() for p in env._procs)
+    finally:
+        env.close()
+
+
+def test_restart_policy_is_validated():
+    with pytest.raises(ValueError, match="on_failure 'retry'.*'raise', 'restart'"):
+        make_batch_env("gym_CartPole-v1", 1, on_failure="retry")
+
+
+def test_driver_records_only_complete_episodes_across_a_worker_restart(tmp_path, caplog):
+    from tempo.driver import Driver
+    from tempo.replay import Replay
+
+    env = ParallelEnv(ctors("gym_CartPole-v1", 2, time_limit=12), timeout=10, on_failure="restart")
+    replay = Replay(tmp_path, capacity=10_000, length=4, min_length=1)
+    driver = Driver(env, 2, action_size=2)
+    driver.on_step.append(replay.add_step)
+    seen = []
+    driver.on_step.append(lambda tran, i: seen.append((i, bool(tran["is_first"]), tran["action"])))
+    policy = lambda obs, state: (np.eye(2, dtype=np.float32)[[0, 1]], None)
+    try:
+        driver.run(policy, steps=2 * 3)
+        os.kill(env.pids[0], signal.SIGKILL)
+        env._procs[0].join(5)
+        with caplog.at_level("WARNING"):
+            driver.run(policy, steps=2 * 30)
+    finally:
+        env.close()
+    assert env.restarts == 1
+    assert "dropping its 4 unfinished steps" in caplog.text  # env 0: reset + 3 steps
+    # Every new episode starts with a zero action, the restarted one included.
+    firsts = [action for i, first, action in seen if first]
+    assert len(firsts) >= 5 and all(not a.any() for a in firsts)
+    assert replay.num_episodes >= 4
+    for path in sorted(tmp_path.glob("*.npz")):
+        with np.load(path) as data:
+            assert data["is_first"][0] and data["is_last"][-1]
+            assert data["is_first"].sum() == 1 and data["is_last"].sum() == 1

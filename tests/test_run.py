@@ -242,15 +242,37 @@ def test_parallel_env_workers_feed_one_learner(tmp_path):
             assert episode["is_first"].sum() == 1 and episode["is_last"].sum() == 1
 
 
+def tiny_run(logdir, task, **overrides):
+    """An in-process run of `tempo.run.train` with a tiny trainer: seconds."""
+    from support import tiny_trainer
+
+    from tempo.run import train
+
+    settings = dict(
+        steps=1000,
+        prefill=20,
+        pretrain=0,
+        train_every=5,
+        batch_size=2,
+        batch_length=4,
+        eval_every=0,
+        log_every=10,
+        checkpoint_every=10,
+        export=False,
+        trainer_fn=lambda shapes, size, discrete, seed: tiny_trainer(
+            shapes, size, discrete, seed=seed
+        ),
+    )
+    return train(logdir, task=task, **{**settings, **overrides})
+
+
 def test_consecutive_non_finite_updates_stop_the_run_and_keep_the_last_checkpoint(tmp_path):
     """In process: an environment whose rewards are NaN makes every update non-finite."""
     import gymnasium
     import numpy as np
     import tensorflow as tf
-    from support import tiny_trainer
 
     from tempo.errors import NonFiniteError
-    from tempo.run import train
 
     class NanReward(gymnasium.Env):
         observation_space = gymnasium.spaces.Box(-1.0, 1.0, (3,), np.float32)
@@ -268,24 +290,7 @@ def test_consecutive_non_finite_updates_stop_the_run_and_keep_the_last_checkpoin
     gymnasium.register("TempoNanReward-v0", entry_point=NanReward)
     logdir = tmp_path / "nan"
     with pytest.raises(NonFiniteError, match="6 consecutive updates"):
-        train(
-            logdir,
-            task="gym_TempoNanReward-v0",
-            steps=1000,
-            prefill=20,
-            pretrain=0,
-            train_every=5,
-            batch_size=2,
-            batch_length=4,
-            eval_every=0,
-            log_every=10,
-            checkpoint_every=10,
-            max_nonfinite_updates=6,
-            export=False,
-            trainer_fn=lambda shapes, size, discrete, seed: tiny_trainer(
-                shapes, size, discrete, seed=seed
-            ),
-        )
+        tiny_run(logdir, "gym_TempoNanReward-v0", max_nonfinite_updates=6)
     latest = tf.train.latest_checkpoint(str(logdir / "checkpoints"))
     saved_step = int(latest.rsplit("-", 1)[1])
     lines = [json.loads(x) for x in (logdir / "metrics.jsonl").read_text().splitlines()]
@@ -316,3 +321,74 @@ def test_resuming_with_a_mismatched_config_fails_clearly_and_changes_nothing(tmp
     assert "incompatible tensor with shape (144, 16)" in errors[0] and "(148, 16)" in errors[0]
     after = {p: p.read_bytes() for p in logdir.rglob("*") if p.is_file() and "events" not in p.name}
     assert after == before
+
+
+def file_bytes(directory):
+    return {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()}
+
+
+def test_failing_checkpoint_write_stops_the_run_with_earlier_checkpoints_intact(
+    tmp_path, monkeypatch
+):
+    """A writer that fails like a full disk on the second checkpoint."""
+    import tensorflow as tf
+
+    from tempo.errors import CheckpointWriteError
+
+    real_write, seen = tf.train.Checkpoint._write, {"calls": 0}
+    ckpt_dir = tmp_path / "ckfail" / "checkpoints"
+
+    def failing_write(self, prefix, options=None):
+        seen["calls"] += 1
+        if seen["calls"] == 1:
+            return real_write(self, prefix, options=options)
+        seen["before"] = file_bytes(ckpt_dir)
+        (ckpt_dir / "ckpt-partial.data-00000-of-00001").write_bytes(b"half")
+        raise tf.errors.ResourceExhaustedError(None, None, "No space left on device")
+
+    monkeypatch.setattr(tf.train.Checkpoint, "_write", failing_write)
+    with pytest.raises(CheckpointWriteError) as info:
+        tiny_run(tmp_path / "ckfail", "gym_CartPole-v1", checkpoint_every=40)
+    message = str(info.value)
+    assert "No space left on device" in message and "earlier checkpoints are intact" in message
+    assert seen["calls"] == 2  # the failed write is not retried on the way out
+    after = file_bytes(ckpt_dir)
+    assert {k: v for k, v in after.items() if "partial" not in k} == seen["before"]
+    latest = tf.train.latest_checkpoint(str(ckpt_dir))
+    assert latest in message and latest.endswith(f"ckpt-{int(latest.rsplit('-', 1)[1])}")
+    monkeypatch.setattr(tf.train.Checkpoint, "_write", real_write)
+    summary = tiny_run(tmp_path / "ckfail", "gym_CartPole-v1", steps=200, checkpoint_every=40)
+    assert summary["step"] == 200  # resumed from the intact checkpoint and finished
+
+
+def test_failing_episode_write_stops_the_run_and_keeps_earlier_files(tmp_path, monkeypatch):
+    import errno
+
+    import numpy as np
+    import tensorflow as tf
+
+    from tempo.replay import ReplayWriteError
+
+    real_savez, seen = np.savez_compressed, {"calls": 0}
+    replay_dir = tmp_path / "epfail" / "replay"
+
+    def failing_savez(file, **arrays):
+        seen["calls"] += 1
+        if seen["calls"] <= 3:
+            return real_savez(file, **arrays)
+        # The episode's temporary file is open at this point; it must not survive.
+        seen["before"] = {k: v for k, v in file_bytes(replay_dir).items() if "tmp" not in k}
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez_compressed", failing_savez)
+    with pytest.raises(ReplayWriteError, match="No space left on device.*saved earlier are intact"):
+        tiny_run(tmp_path / "epfail", "gym_CartPole-v1")
+    assert file_bytes(replay_dir) == seen["before"] and len(seen["before"]) == 3
+    # The run stopped cleanly: a checkpoint at the failing step that restores.
+    latest = tf.train.latest_checkpoint(str(tmp_path / "epfail" / "checkpoints"))
+    assert latest is not None
+    monkeypatch.setattr(np, "savez_compressed", real_savez)
+    summary = tiny_run(
+        tmp_path / "epfail", "gym_CartPole-v1", steps=int(latest.split("-")[-1]) + 20
+    )
+    assert summary["step"] == int(latest.split("-")[-1]) + 20

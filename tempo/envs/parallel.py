@@ -5,11 +5,15 @@ Workers are started with the 'spawn' context: forking a parent that has imported
 TensorFlow (threads, CUDA state) is unsafe. A worker failure is never silent and
 never a hang: an exception in a worker, a dead worker process or a reply slower than
 ``timeout`` raises :class:`EnvWorkerError` in the parent, naming the env index and
-carrying the worker's traceback.
+carrying the worker's traceback. With ``on_failure="restart"`` a failed worker is
+instead replaced by a fresh one (up to ``max_restarts`` times in all), logged with the
+same message, and its environment starts a new episode: long runs survive a flaky
+simulator without losing the other environments' episodes.
 """
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import multiprocessing.connection
 import pickle
@@ -23,6 +27,8 @@ import gymnasium
 import numpy as np
 
 EnvCtor = Callable[[], Any]
+FAILURE_POLICIES = ("raise", "restart")
+logger = logging.getLogger(__name__)
 
 
 class EnvWorkerError(RuntimeError):
@@ -34,6 +40,7 @@ class EnvWorkerError(RuntimeError):
             text += f"\n--- traceback in worker {index} ---\n{worker_traceback.rstrip()}"
         super().__init__(text)
         self.index = index
+        self.message = message
         self.worker_traceback = worker_traceback
 
 
@@ -151,9 +158,13 @@ class ParallelEnv:
         timeout: seconds to wait for any reset/step reply before raising (None: forever,
             which is not recommended).
         start_timeout: seconds to wait for a worker to build its env (imports, renderer).
-
-    After any :class:`EnvWorkerError` the batch is shut down: one env's failure leaves the
-    lockstep batch unusable, and lingering workers would leak processes.
+        on_failure: "raise" (default): after any :class:`EnvWorkerError` the batch is shut
+            down, since one env's failure leaves the lockstep batch unusable and lingering
+            workers would leak processes. "restart": a worker that raised, died or hung
+            during ``reset``/``step`` is killed and replaced; the call returns that env's
+            first observation of a new episode (``is_first`` set) in its row.
+        max_restarts: restarts allowed over the batch's life with "restart"; one more
+            failure raises as with "raise", saying how many restarts were spent.
     """
 
     def __init__(
@@ -162,15 +173,26 @@ class ParallelEnv:
         *,
         timeout: float | None = 60.0,
         start_timeout: float | None = 300.0,
+        on_failure: str = "raise",
+        max_restarts: int = 10,
     ) -> None:
         if not ctor_fns:
             raise ValueError("ParallelEnv needs at least one environment constructor")
+        if on_failure not in FAILURE_POLICIES:
+            raise ValueError(f"unknown on_failure {on_failure!r}; choose one of {FAILURE_POLICIES}")
+        if max_restarts < 0:
+            raise ValueError(f"max_restarts must be >= 0, got {max_restarts}")
         self.timeout = timeout
+        self.start_timeout = start_timeout
+        self.on_failure = on_failure
+        self.max_restarts = max_restarts
+        self.restarts = 0  # workers replaced so far
         self._closed = False
+        self._ctors = list(ctor_fns)
+        self._context = multiprocessing.get_context("spawn")
         self._conns: list[multiprocessing.connection.Connection] = []
         self._procs: list[multiprocessing.process.BaseProcess] = []
-        context = multiprocessing.get_context("spawn")
-        for index, ctor in enumerate(ctor_fns):
+        for index, ctor in enumerate(self._ctors):
             try:
                 pickle.dumps(ctor)
             except Exception as exc:
@@ -179,18 +201,10 @@ class ParallelEnv:
                     f"constructor {index} cannot be pickled for a spawned worker ({exc!r}); "
                     "use a module-level function or functools.partial(make_env, task, ...)"
                 ) from exc
-            parent_conn, child_conn = context.Pipe()
-            proc = context.Process(
-                target=_worker,
-                args=(index, child_conn, ctor),
-                daemon=True,
-                name=f"tempo-env-{index}",
-            )
-            proc.start()
-            child_conn.close()
-            self._conns.append(parent_conn)
-            self._procs.append(proc)
-        specs = [self._receive(i, start_timeout, "construction") for i in range(len(ctor_fns))]
+            self._conns.append(None)
+            self._procs.append(None)
+            self._start_worker(index)
+        specs = [self._construct(i) for i in range(len(self._ctors))]
         self.obs_space, self.act_space, self.discrete = specs[0]
         for index, (obs_space, act_space, _) in enumerate(specs[1:], start=1):
             if obs_space != self.obs_space or act_space != self.act_space:
@@ -212,13 +226,63 @@ class ParallelEnv:
         """Worker process ids (for monitoring)."""
         return [proc.pid for proc in self._procs]
 
+    def _start_worker(self, index: int) -> None:
+        parent_conn, child_conn = self._context.Pipe()
+        proc = self._context.Process(
+            target=_worker,
+            args=(index, child_conn, self._ctors[index]),
+            daemon=True,
+            name=f"tempo-env-{index}",
+        )
+        proc.start()
+        child_conn.close()
+        self._conns[index], self._procs[index] = parent_conn, proc
+
+    def _construct(self, index: int) -> tuple:
+        """Waits for worker `index` to build its env; a failure here always shuts down."""
+        try:
+            return self._receive(index, self.start_timeout, "construction")
+        except EnvWorkerError:
+            self.close()
+            raise
+
     def _fail(self, index: int, message: str, worker_traceback: str | None = None) -> None:
         # The failed worker may be hung or stopped: kill it rather than wait on it.
         if self._procs[index].is_alive():
             self._procs[index].kill()
             self._procs[index].join(2.0)
-        self.close()
         raise EnvWorkerError(index, message, worker_traceback)
+
+    def _recover(self, error: EnvWorkerError) -> dict[str, np.ndarray]:
+        """Replaces the failed worker and returns its env's first observation, or shuts
+        the batch down and raises when the policy or the restart budget says so."""
+        index = error.index
+        if self.on_failure != "restart" or self.restarts >= self.max_restarts:
+            self.close()
+            if self.on_failure == "restart":
+                raise EnvWorkerError(
+                    index,
+                    f"{error.message} (no restart left: all {self.max_restarts} spent)",
+                    error.worker_traceback,
+                ) from error
+            raise error
+        self.restarts += 1
+        logger.warning(
+            "Restarting environment worker %d (restart %d of %d) after: %s",
+            index,
+            self.restarts,
+            self.max_restarts,
+            error,
+        )
+        self._conns[index].close()
+        self._start_worker(index)
+        self._construct(index)
+        try:
+            self._send(index, "reset")
+            return self._receive(index, self.timeout, "reset")
+        except EnvWorkerError:
+            self.close()
+            raise
 
     def _send(self, index: int, command: str, payload: Any = None) -> None:
         try:
@@ -266,17 +330,35 @@ class ParallelEnv:
         for index in indices:
             if not 0 <= index < self.num_envs:
                 raise IndexError(f"env index {index} out of range for {self.num_envs} envs")
-        for index in indices:
-            self._send(index, "reset")
-        return stack_obs([self._receive(i, self.timeout, "reset") for i in indices])
+        return stack_obs(self._call_all("reset", [(i, None) for i in indices]))
 
     def step(self, actions: Any) -> dict[str, np.ndarray]:
         """Step all envs in parallel, env i with ``actions[i]``; stacked observations."""
         self._check_open()
         actions = _check_actions(actions, self.num_envs)
-        for index, action in enumerate(actions):
-            self._send(index, "step", np.asarray(action))
-        return stack_obs([self._receive(i, self.timeout, "step") for i in range(self.num_envs)])
+        return stack_obs(
+            self._call_all("step", [(i, np.asarray(a)) for i, a in enumerate(actions)])
+        )
+
+    def _call_all(self, command: str, calls: list[tuple[int, Any]]) -> list[dict[str, np.ndarray]]:
+        """Sends `command` with its payload to each (index, payload) worker first, so they
+        work in parallel, then collects the replies in that order, recovering failed
+        workers by the failure policy."""
+        failures: dict[int, EnvWorkerError] = {}
+        for index, payload in calls:
+            try:
+                self._send(index, command, payload)
+            except EnvWorkerError as error:
+                failures[index] = error
+        replies = []
+        for index, _ in calls:
+            try:
+                if index in failures:
+                    raise failures[index]
+                replies.append(self._receive(index, self.timeout, command))
+            except EnvWorkerError as error:
+                replies.append(self._recover(error))
+        return replies
 
     def close(self) -> None:
         """Stop all workers: politely, then by terminate/kill if they do not exit."""
@@ -321,12 +403,15 @@ def make_batch_env(
     seed: int = 0,
     parallel: bool | None = None,
     timeout: float | None = 60.0,
+    on_failure: str = "raise",
+    max_restarts: int = 10,
     **kwargs: Any,
 ) -> SerialEnv | ParallelEnv:
     """``num_envs`` copies of ``task`` seeded ``seed, seed + 1, ...``.
 
     ``parallel=None`` uses worker processes only when there is more than one env.
-    ``kwargs`` go to :func:`tempo.envs.make_env`.
+    ``on_failure`` and ``max_restarts`` apply to worker processes (see
+    :class:`ParallelEnv`). ``kwargs`` go to :func:`tempo.envs.make_env`.
     """
     import functools
 
@@ -334,9 +419,11 @@ def make_batch_env(
 
     if int(num_envs) < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+    if on_failure not in FAILURE_POLICIES:
+        raise ValueError(f"unknown on_failure {on_failure!r}; choose one of {FAILURE_POLICIES}")
     ctors = [functools.partial(make_env, task, seed=seed + i, **kwargs) for i in range(num_envs)]
     if parallel is None:
         parallel = num_envs > 1
     if parallel:
-        return ParallelEnv(ctors, timeout=timeout)
+        return ParallelEnv(ctors, timeout=timeout, on_failure=on_failure, max_restarts=max_restarts)
     return SerialEnv(ctors)
