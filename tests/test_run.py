@@ -392,3 +392,92 @@ def test_failing_episode_write_stops_the_run_and_keeps_earlier_files(tmp_path, m
         tmp_path / "epfail", "gym_CartPole-v1", steps=int(latest.split("-")[-1]) + 20
     )
     assert summary["step"] == int(latest.split("-")[-1]) + 20
+
+
+# Runs launch.train but SIGKILLs itself inside the N-th checkpoint or episode
+# write: after the checkpoint's files are written but before it is registered
+# ('checkpoint'), halfway through its files ('checkpoint_partial'), or with an
+# episode's temporary file half written ('episode').
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys
+    import tempo
+    import numpy as np
+    import tensorflow as tf
+    from absl import app
+    from launch import train as launcher
+
+    point, after = sys.argv[1], int(sys.argv[2])
+    calls = {"n": 0}
+
+    def die():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    real_write = tf.train.Checkpoint._write
+
+    def write(self, prefix, options=None):
+        if point.startswith("checkpoint"):
+            calls["n"] += 1
+            if calls["n"] > after:
+                if point == "checkpoint":
+                    real_write(self, prefix, options=tf.train.CheckpointOptions())
+                else:
+                    open(prefix + ".index", "wb").write(b"\\x00" * 7)
+                die()
+        return real_write(self, prefix, options=options)
+
+    real_savez = np.savez_compressed
+
+    def savez(file, **arrays):
+        if point == "episode":
+            calls["n"] += 1
+            if calls["n"] > after:
+                file.write(b"PK\\x03\\x04 half an episode")
+                file.flush()
+                die()
+        return real_savez(file, **arrays)
+
+    tf.train.Checkpoint._write = write
+    np.savez_compressed = savez
+    sys.argv = ["train", *sys.argv[3:]]
+    app.run(launcher.main)
+    """
+)
+
+
+def latest_step(logdir) -> int:
+    index = logdir / "checkpoints" / "checkpoint"
+    return int(index.read_text().split('"')[1].rsplit("-", 1)[1])
+
+
+@pytest.mark.parametrize(
+    "point, after",
+    [("checkpoint", 1), ("checkpoint_partial", 1), ("episode", 4)],
+)
+def test_sigkill_inside_a_write_loses_only_work_since_the_last_checkpoint(tmp_path, point, after):
+    logdir = tmp_path / point
+    args = [f"--logdir={logdir}", *DEBUG, "--task=gym_CartPole-v1", "--steps=100000"]
+    args += ["--gin_param=train.checkpoint_every = 40", "--gin_param=train.export = False"]
+    cmd = [sys.executable, "-c", KILL_SCRIPT, point, str(after), *args]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == -signal.SIGKILL, out.stdout[-2000:] + out.stderr[-2000:]
+    replay = logdir / "replay"
+    episodes = {p.name: p.read_bytes() for p in replay.glob("*.npz")}
+    leftovers = list(replay.glob(".*.tmp"))
+    if point == "episode":
+        assert len(episodes) == after and len(leftovers) == 1  # the half-written one
+    else:
+        # Only the first checkpoint is registered; the killed one's files lie unused.
+        state = (logdir / "checkpoints" / "checkpoint").read_text()
+        assert state.count("all_model_checkpoint_paths") == 1
+        indexes = sorted(int(p.name[5:-6]) for p in (logdir / "checkpoints").glob("ckpt-*.index"))
+        assert indexes == [latest_step(logdir), indexes[-1]] and indexes[-1] > indexes[0]
+    saved = latest_step(logdir) if (logdir / "checkpoints" / "checkpoint").exists() else 0
+
+    out = launch(logdir, "--task=gym_CartPole-v1", f"--steps={saved + 60}")
+    if saved:
+        assert f"Resumed from {logdir / 'checkpoints'}" in out and f"at env frame {saved}." in out
+    after_restart = {p.name: p.read_bytes() for p in replay.glob("*.npz")}
+    assert all(after_restart[name] == data for name, data in episodes.items())
+    assert json.loads((logdir / "metrics.jsonl").read_text().splitlines()[-1])["step"] == saved + 60
+    assert latest_step(logdir) == saved + 60
