@@ -61,21 +61,23 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     from launch.common import quiet_logs
     from tempo import configurables
+    from tempo.envs import EnvWorkerError
+    from tempo.errors import CheckpointWriteError, ConfigError, NonFiniteError
+    from tempo.replay import ReplayWriteError
+    from tempo.run import first_line
 
     quiet_logs()
     try:
         configurables.parse_config(FLAGS.gin_file, [*FLAGS.gin_param, *overrides()])
     except ValueError as error:
-        sys.exit(f"error: {error}")
-    from tempo.envs import EnvWorkerError
-    from tempo.errors import CheckpointWriteError, ConfigError, NonFiniteError
-    from tempo.replay import ReplayWriteError
-
-    stops = (ConfigError, NonFiniteError, CheckpointWriteError, ReplayWriteError, EnvWorkerError)
+        sys.exit(f"error: {first_line(error)}")
+    stops = (ConfigError, NonFiniteError, CheckpointWriteError, ReplayWriteError)
     try:
         summary = configurables.train(FLAGS.logdir, on_start=write_config)
-    except stops as error:
+    except EnvWorkerError as error:  # keeps the worker's traceback
         sys.exit(f"error: {error}")
+    except stops as error:
+        sys.exit(f"error: {first_line(error)}")
     print(f"Done: {summary}")
 
 

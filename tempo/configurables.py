@@ -6,9 +6,12 @@ gin, so every class stays usable with plain keyword arguments.
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
 
 import gin
+from gin import config as gin_config
 
 from tempo.agent.behavior import ActorCritic
 from tempo.agent.bilevel import BilevelTrainer
@@ -65,7 +68,76 @@ def parse_config(gin_files: list[str], gin_params: list[str] | None = None) -> N
     try:
         gin.parse_config_files_and_bindings(list(gin_files), list(gin_params or []))
     except (ValueError, KeyError, TypeError, OSError) as error:
-        raise ValueError(f"Bad gin configuration: {error}") from error
+        raise ConfigError(f"Bad gin configuration: {explain(error)}") from error
+    check_binding_types()
+
+
+def _parameters(fn) -> dict[str, inspect.Parameter]:
+    target = fn.__init__ if inspect.isclass(fn) else fn
+    params = inspect.signature(target).parameters
+    return {k: v for k, v in params.items() if k != "self" and v.kind is v.POSITIONAL_OR_KEYWORD}
+
+
+def explain(error: Exception) -> str:
+    """gin's message on one line, with the valid choices for an unknown name."""
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    unknown_param = re.search(r"Configurable '([\w./]+)' doesn't have a parameter named", text)
+    if unknown_param:
+        match = gin_config._REGISTRY.get_match(unknown_param.group(1).split("/")[-1])
+        if match is not None:
+            text += f" Valid parameters: {', '.join(_parameters(match.wrapped))}."
+    elif re.search(r"No configurable matching", text):
+        names = sorted(c.__name__ for c in CONFIGURABLES) + ["build_trainer", "train"]
+        text += f" Valid configurables: {', '.join(names)}."
+    return text
+
+
+def _expected_type(default) -> tuple[type, ...] | None:
+    """The types a binding may have, judged by the parameter's default value."""
+    if isinstance(default, bool):
+        return (bool,)
+    if isinstance(default, int):
+        return (int,)
+    if isinstance(default, float):
+        return (int, float)
+    if isinstance(default, str):
+        return (str,)
+    if isinstance(default, tuple):
+        return (tuple, list)
+    return None
+
+
+def check_binding_types() -> None:
+    """Rejects a bound literal whose type does not match the parameter's default
+    (a string for a size, a fraction for a count), naming binding and value:
+    deep inside model building the same mistake gives an unreadable traceback."""
+    literal = (bool, int, float, str, tuple, list)
+    for (scope, selector), bindings in gin_config._CONFIG.items():
+        match = gin_config._REGISTRY.get_match(selector)
+        if match is None:
+            continue
+        params = _parameters(match.wrapped)
+        for name, value in bindings.items():
+            if name not in params or not isinstance(value, literal):
+                continue
+            allowed = _expected_type(params[name].default)
+            if allowed is None:
+                continue
+            wrong = not isinstance(value, allowed) or (
+                isinstance(value, bool) and bool not in allowed
+            )
+            if wrong:
+                binding = f"{scope + '/' if scope else ''}{match.name}.{name}"
+                kind = " or ".join(t.__name__ for t in allowed)
+                hint = (
+                    f" (write {int(value)})"
+                    if isinstance(value, float) and allowed == (int,) and value.is_integer()
+                    else ""
+                )
+                raise ConfigError(
+                    f"Bad gin configuration: {binding} = {value!r} must be {kind}, "
+                    f"not {type(value).__name__}{hint}."
+                )
 
 
 def run_env_config(logdir: str, gin_params: list[str]) -> dict:

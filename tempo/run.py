@@ -20,7 +20,7 @@ from tempo.agent.agent import Agent, random_actions
 from tempo.agent.bilevel import BilevelTrainer
 from tempo.agent.builder import build_trainer
 from tempo.driver import Driver
-from tempo.envs import DEFAULT_ACTION_REPEAT, make_batch_env
+from tempo.envs import DEFAULT_ACTION_REPEAT, EnvWorkerError, make_batch_env
 from tempo.errors import CheckpointWriteError, ConfigError, NonFiniteError
 from tempo.evaluation import RESERVED, run_episodes
 from tempo.logging import FPS, Logger, MetricsAccumulator
@@ -69,9 +69,18 @@ def train(
     there). Returns a summary dict.
     """
     logdir = pathlib.Path(logdir).expanduser()
+    # Everything that can be wrong in the configuration fails here, before the
+    # logdir or anything in it is created.
+    suite = task.split("_", 1)[0]
+    if "_" not in task or suite not in DEFAULT_ACTION_REPEAT:
+        raise ConfigError(
+            f"Unknown suite {suite!r} in task {task!r}: tasks are <suite>_<name> with suite one "
+            f"of {', '.join(DEFAULT_ACTION_REPEAT)} (e.g. dmc_walker_walk, atari_pong, "
+            "gym_CartPole-v1)."
+        )
+    repeat = action_repeat or DEFAULT_ACTION_REPEAT[suite]
+    env_kwargs = dict(action_repeat=repeat, obs_type=obs_type, time_limit=time_limit)
     try:
-        repeat = action_repeat or DEFAULT_ACTION_REPEAT[task.split("_", 1)[0]]
-        env_kwargs = dict(action_repeat=repeat, obs_type=obs_type, time_limit=time_limit)
         env = make_batch_env(
             task,
             num_envs,
@@ -81,13 +90,20 @@ def train(
             max_restarts=env_max_restarts,
             **env_kwargs,
         )
-    except (ValueError, KeyError) as error:
-        raise ConfigError(f"Cannot make task {task!r}: {error}") from error
+    except (ValueError, KeyError, EnvWorkerError) as error:
+        cause = error.__cause__ if isinstance(error, EnvWorkerError) else None
+        raise ConfigError(f"Cannot make task {task!r}: {first_line(cause or error)}") from error
     eval_env = make_batch_env(task, 1, seed=seed + 10_000, parallel=False, **env_kwargs)
-    logdir.mkdir(parents=True, exist_ok=True)
     obs_shapes = {k: tuple(s.shape) for k, s in env.obs_space.items() if k not in RESERVED}
     action_size = int(env.act_space.shape[0])
+    try:
+        trainer = trainer_fn(obs_shapes, action_size, env.discrete, seed=seed)
+    except (ValueError, TypeError) as error:
+        env.close()
+        eval_env.close()
+        raise ConfigError(f"Cannot build the agent for {task!r}: {first_line(error)}") from error
 
+    logdir.mkdir(parents=True, exist_ok=True)
     replay = Replay(
         logdir / "replay",
         capacity=replay_capacity,
@@ -96,7 +112,6 @@ def train(
         prioritize_ends=prioritize_ends,
         seed=seed,
     )
-    trainer = trainer_fn(obs_shapes, action_size, env.discrete, seed=seed)
     agent = Agent(trainer, seed=seed)
     agent_steps = tf.Variable(0, dtype=tf.int64, name="agent_steps")
     checkpoint = tf.train.Checkpoint(trainer=trainer, agent=agent, agent_steps=agent_steps)
@@ -107,7 +122,7 @@ def train(
         except (ValueError, AssertionError) as error:
             raise ConfigError(
                 f"The checkpoint {manager.latest_checkpoint} does not match this configuration: "
-                f"{str(error).splitlines()[0]} Nothing in {logdir} was changed; resume with the "
+                f"{first_line(error)} Nothing in {logdir} was changed; resume with the "
                 f"run's own settings ({logdir / 'config.gin'}) or start a new --logdir."
             ) from error
         print(f"Resumed from {manager.latest_checkpoint} at env frame {int(agent_steps) * repeat}.")
@@ -120,7 +135,7 @@ def train(
         except (tf.errors.OpError, OSError) as error:
             raise CheckpointWriteError(
                 f"Could not write a checkpoint to {logdir / 'checkpoints'}: "
-                f"{str(error).splitlines()[0]} The earlier checkpoints are intact (latest: "
+                f"{first_line(error)} The earlier checkpoints are intact (latest: "
                 f"{manager.latest_checkpoint}); free space and re-run the same command to resume."
             ) from error
 
@@ -269,3 +284,9 @@ def write_logs(logger, metrics, fps, ups, replay, trainer, frame, total_frames) 
         scalars["updates_per_s"] = ups.rate()
     logger.scalars(scalars)
     logger.write(frame)
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's message without the context lines gin appends to it."""
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]

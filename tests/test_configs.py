@@ -5,6 +5,7 @@ import gin
 import pytest
 
 from tempo import configurables
+from tempo.errors import ConfigError
 
 WALKER = {"image": (64, 64, 3)}
 PONG = {"image": (64, 64, 1)}
@@ -135,3 +136,30 @@ def test_bad_bindings_are_reported():
         configurables.parse_config(["gin_configs/base.gin"], ["RSSM.deterr = 3"])
     with pytest.raises(ValueError, match="no_such.gin"):
         configurables.parse_config(["gin_configs/no_such.gin"])
+
+
+@pytest.mark.parametrize(
+    "binding, message",
+    [
+        ("RSSM.deterr = 3", "Valid parameters: action_size, stoch, deter, hidden,"),
+        ("RSSMM.deter = 3", "Valid configurables: Actor, ActorCritic, BilevelTrainer,"),
+        ("RSSM.deter = 2.5", "RSSM.deter = 2.5 must be int, not float."),
+        ("train.steps = 1e5", "train.steps = 100000.0 must be int, not float (write 100000)."),
+        ("BilevelTrainer.meta = 1", "BilevelTrainer.meta = 1 must be bool, not int."),
+        ("model/Optimizer.lr = 'fast'", "model/Optimizer.lr = 'fast' must be int or float"),
+        ("Encoder.mlp_layers = 400", "Encoder.mlp_layers = 400 must be tuple or list, not int."),
+        ("train.task = 3", "train.task = 3 must be str, not int."),
+    ],
+)
+def test_bad_bindings_name_the_value_and_the_choices_on_one_line(binding, message):
+    with pytest.raises(ConfigError) as info:
+        configurables.parse_config(["gin_configs/dmc_proprio.gin"], [binding])
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "binding",
+    ["model/Optimizer.lr = 1", "Optimizer.clip = None", "Encoder.mlp_layers = [64, 64]"],
+)
+def test_compatible_binding_types_are_accepted(binding):
+    configurables.parse_config(["gin_configs/dmc_proprio.gin"], [binding])

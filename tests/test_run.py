@@ -174,8 +174,16 @@ def test_unknown_task_fails_with_a_clear_message(tmp_path):
     assert "nowhere" in (out.stdout + out.stderr)
 
 
-@pytest.mark.parametrize("binding", ["RSSM.deterr = 3"])
-def test_bad_gin_binding_fails_with_a_clear_message(tmp_path, binding):
+@pytest.mark.parametrize(
+    "binding, expected",
+    [
+        ("RSSM.deterr = 3", "parameter named 'deterr'. In bindings string line 1"),
+        ("train.batch_size = 'sixteen'", "train.batch_size = 'sixteen' must be int, not str."),
+        ("train.task = 'foo_bar'", "Unknown suite 'foo' in task 'foo_bar'"),
+        ("BilevelTrainer.hypergrad_sign = 'up'", "choose one of ('released', 'lookahead')"),
+    ],
+)
+def test_bad_configuration_fails_with_one_line_and_writes_nothing(tmp_path, binding, expected):
     cmd = [
         sys.executable,
         "-m",
@@ -185,7 +193,10 @@ def test_bad_gin_binding_fails_with_a_clear_message(tmp_path, binding):
         f"--gin_param={binding}",
     ]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert out.returncode != 0 and "deterr" in out.stderr
+    assert out.returncode == 1
+    errors = [x for x in out.stderr.splitlines() if x.startswith("error: ")]
+    assert len(errors) == 1 and expected in errors[0], out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
     assert not (tmp_path / "y").exists()
 
 
