@@ -5,7 +5,13 @@ r"""Seconds per update of the compiled trainer, TEMPO vs DreamerV2, per config.
 Each (config, mode) runs in its own subprocess so that compile time and peak
 memory are its own. Batches are synthetic (random pixels/vectors of the
 config's observation shapes, batch x length from the flags): the update's cost
-does not depend on the data's values.
+does not depend on the data's values. Each case also reports the latency of
+one acting-policy step at batch 1.
+
+  python -m launch.bench --configs= --loop_workers 1,2,4
+
+runs the whole training loop (env worker processes, policy, replay, updates)
+at debug sizes on a pixel task and reports env frames/s per worker count.
 """
 
 from __future__ import annotations
@@ -41,6 +47,14 @@ flags.DEFINE_integer("batch", 16, "Sequences per batch.")
 flags.DEFINE_integer("length", 50, "Steps per sequence.")
 flags.DEFINE_multi_string("gin_param", [], "Extra gin bindings for every case.")
 flags.DEFINE_string("json", None, "Append one JSON object per (config, mode) to this file.")
+flags.DEFINE_list(
+    "loop_workers",
+    [],
+    "Also run the whole training loop (debug sizes) with these numbers of env worker "
+    "processes, e.g. 1,2,4, and report env frames/s.",
+)
+flags.DEFINE_string("loop_task", "dmc_cartpole_swingup", "Task of the whole-loop runs (pixels).")
+flags.DEFINE_integer("loop_frames", 3000, "Env frames per whole-loop run.")
 flags.DEFINE_string("_case", None, "Internal: run one 'config:mode' case and print JSON.")
 FLAGS = flags.FLAGS
 
@@ -78,6 +92,7 @@ def run_case(config: str, mode: str) -> dict:
         times.append(time.perf_counter() - start)
     gflop = count_gflop(trainer, batch, state)
     median = float(np.median(times))
+    policy = policy_latency(trainer, shapes, action_size, discrete)
     return {
         "config": config,
         "mode": mode,
@@ -92,7 +107,73 @@ def run_case(config: str, mode: str) -> dict:
         "gflop": None if gflop is None else round(gflop, 2),
         "gflop_per_s": None if gflop is None else round(gflop / median, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "policy_ms": policy,
         "params": trainer.parameter_counts(),
+    }
+
+
+def policy_latency(trainer, shapes, action_size, discrete, calls: int = 50) -> float:
+    """Median milliseconds of one acting-policy step (batch 1, exploring), the
+    latency an environment waits for per step."""
+    import numpy as np
+
+    from tempo.agent.agent import Agent
+    from tempo.synthetic import random_batch
+
+    agent = Agent(trainer)
+    one = random_batch(shapes, action_size, discrete, 1, 1)
+    obs = {k: v[:, 0] for k, v in one.items()}
+    _, state = agent.policy(obs, None)  # traces and compiles
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        _, state = agent.policy(obs, state)
+        times.append(time.perf_counter() - start)
+    return round(1000 * float(np.median(times)), 3)
+
+
+def run_loop_case(workers: int) -> dict:
+    """The whole loop (env workers, policy, replay, updates at debug sizes) for
+    --loop_frames frames; frames/s over the part after prefill and compilation."""
+    import json as json_lib
+    import tempfile
+
+    import tempo  # noqa: F401
+    from tempo import configurables
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    params = [
+        f"train.task = {FLAGS.loop_task!r}",
+        f"train.num_envs = {workers}",
+        f"train.parallel_envs = {workers > 1}",
+        f"train.steps = {FLAGS.loop_frames}",
+        "train.log_every = 200",
+        "train.eval_every = 0",
+        "train.video_every = 0",
+        "train.checkpoint_every = 1000000",
+        "train.export = False",
+        *FLAGS.gin_param,
+    ]
+    files = [os.path.join(root, "gin_configs", f"{f}.gin") for f in ("dmc_vision", "debug")]
+    configurables.parse_config(files, params)
+    with tempfile.TemporaryDirectory() as logdir:
+        start = time.perf_counter()
+        configurables.train(logdir)
+        wall = time.perf_counter() - start
+        lines = [json_lib.loads(x) for x in open(os.path.join(logdir, "metrics.jsonl"))]
+    # Log intervals of equal frames (and updates): the overall rate is the harmonic
+    # mean of the interval rates. The first interval holds the compilation.
+    timed = [x for x in lines if x.get("fps") is not None][1:]
+    harmonic = lambda rates: len(rates) / sum(1 / r for r in rates) if rates else float("nan")
+    return {
+        "config": "loop",
+        "mode": f"{workers}_workers",
+        "task": FLAGS.loop_task,
+        "workers": workers,
+        "frames": FLAGS.loop_frames,
+        "wall_s": round(wall, 1),
+        "frames_per_s": round(harmonic([x["fps"] for x in timed]), 1),
+        "updates_per_s": round(harmonic([x["updates_per_s"] for x in timed]), 2),
     }
 
 
@@ -113,7 +194,7 @@ def count_gflop(trainer, batch, state) -> float | None:
 
 def print_table(rows: list[dict]) -> None:
     header = f"{'config':<12}{'mode':<11}{'median s':>9}{'min s':>8}{'max s':>8}{'upd/s':>7}"
-    header += f"{'compile s':>10}{'GFLOP':>8}{'GFLOP/s':>9}{'RSS MB':>8}"
+    header += f"{'compile s':>10}{'GFLOP':>8}{'GFLOP/s':>9}{'RSS MB':>8}{'policy ms':>10}"
     print(header)
     by_config: dict[str, dict] = {}
     for r in rows:
@@ -122,6 +203,7 @@ def print_table(rows: list[dict]) -> None:
             f"{r['config']:<12}{r['mode']:<11}{r['median_s']:>9.3f}{r['min_s']:>8.3f}{r['max_s']:>8.3f}"
             f"{r['updates_per_s']:>7.2f}{r['compile_s']:>10.1f}{r['gflop'] or float('nan'):>8.1f}"
             f"{r['gflop_per_s'] or float('nan'):>9.1f}{r['peak_rss_mb']:>8.0f}"
+            f"{r['policy_ms']:>10.2f}"
         )
     for config, modes in by_config.items():
         if {"tempo", "dreamerv2"} <= set(modes):
@@ -135,11 +217,42 @@ def print_table(rows: list[dict]) -> None:
             print(f"{r['config']} parameters: {r['params']}")
 
 
+def run_in_subprocess(config: str, mode: str) -> dict:
+    """One case in a fresh process, so compile time and peak memory are its own."""
+    cmd = [sys.executable, "-m", "launch.bench", f"--_case={config}:{mode}"]
+    cmd += [f"--iters={FLAGS.iters}", f"--batch={FLAGS.batch}", f"--length={FLAGS.length}"]
+    cmd += [f"--loop_task={FLAGS.loop_task}", f"--loop_frames={FLAGS.loop_frames}"]
+    cmd += [f"--gin_param={p}" for p in FLAGS.gin_param]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [x for x in out.stdout.splitlines() if x.startswith("BENCH_JSON ")]
+    if out.returncode or not lines:
+        sys.stderr.write(out.stderr[-4000:])
+        raise SystemExit(f"bench case {config}:{mode} failed (exit {out.returncode}).")
+    row = json.loads(lines[-1][len("BENCH_JSON ") :])
+    print(f"done {config}:{mode}", flush=True)
+    if FLAGS.json:
+        with open(FLAGS.json, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    return row
+
+
+def print_loop_table(rows: list[dict]) -> None:
+    if not rows:
+        return
+    print(f"\nwhole loop, {rows[0]['task']}, debug sizes, {rows[0]['frames']} frames per run")
+    print(f"{'workers':>8}{'frames/s':>10}{'updates/s':>11}{'wall s':>8}")
+    for r in rows:
+        print(
+            f"{r['workers']:>8}{r['frames_per_s']:>10.1f}{r['updates_per_s']:>11.2f}{r['wall_s']:>8.1f}"
+        )
+
+
 def main(argv):
     del argv
     if FLAGS._case:
         config, mode = FLAGS._case.split(":")
-        print("BENCH_JSON " + json.dumps(run_case(config, mode)), flush=True)
+        row = run_loop_case(int(mode)) if config == "loop" else run_case(config, mode)
+        print("BENCH_JSON " + json.dumps(row), flush=True)
         return
     for name in FLAGS.configs:
         if name not in CONFIGS:
@@ -147,24 +260,11 @@ def main(argv):
     for mode in FLAGS.modes:
         if mode not in MODES:
             raise app.UsageError(f"Unknown mode {mode!r}; choose from {MODES}.")
-    rows = []
-    for config in FLAGS.configs:
-        for mode in FLAGS.modes:
-            cmd = [sys.executable, "-m", "launch.bench", f"--_case={config}:{mode}"]
-            cmd += [f"--iters={FLAGS.iters}", f"--batch={FLAGS.batch}", f"--length={FLAGS.length}"]
-            cmd += [f"--gin_param={p}" for p in FLAGS.gin_param]
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            lines = [x for x in out.stdout.splitlines() if x.startswith("BENCH_JSON ")]
-            if out.returncode or not lines:
-                sys.stderr.write(out.stderr[-4000:])
-                raise SystemExit(f"bench case {config}:{mode} failed (exit {out.returncode}).")
-            row = json.loads(lines[-1][len("BENCH_JSON ") :])
-            rows.append(row)
-            print(f"done {config}:{mode}: {row['median_s']:.3f} s/update", flush=True)
-            if FLAGS.json:
-                with open(FLAGS.json, "a") as f:
-                    f.write(json.dumps(row) + "\n")
-    print_table(rows)
+    cases = [(config, mode) for config in FLAGS.configs for mode in FLAGS.modes]
+    cases += [("loop", str(int(workers))) for workers in FLAGS.loop_workers]
+    rows = [run_in_subprocess(config, mode) for config, mode in cases]
+    print_table([r for r in rows if r["config"] != "loop"])
+    print_loop_table([r for r in rows if r["config"] == "loop"])
     print("\nReproduce: python -m launch.bench " + " ".join(sys.argv[1:]))
 
 
