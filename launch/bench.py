@@ -147,6 +147,7 @@ def run_loop_case(workers: int) -> dict:
         f"train.num_envs = {workers}",
         f"train.parallel_envs = {workers > 1}",
         f"train.steps = {FLAGS.loop_frames}",
+        "train.time_limit = 100",  # short episodes: prefill needs one finished per worker
         "train.log_every = 200",
         "train.eval_every = 0",
         "train.video_every = 0",
@@ -193,6 +194,8 @@ def count_gflop(trainer, batch, state) -> float | None:
 
 
 def print_table(rows: list[dict]) -> None:
+    if not rows:
+        return
     header = f"{'config':<12}{'mode':<11}{'median s':>9}{'min s':>8}{'max s':>8}{'upd/s':>7}"
     header += f"{'compile s':>10}{'GFLOP':>8}{'GFLOP/s':>9}{'RSS MB':>8}{'policy ms':>10}"
     print(header)
@@ -239,7 +242,10 @@ def run_in_subprocess(config: str, mode: str) -> dict:
 def print_loop_table(rows: list[dict]) -> None:
     if not rows:
         return
-    print(f"\nwhole loop, {rows[0]['task']}, debug sizes, {rows[0]['frames']} frames per run")
+    print(
+        f"\nwhole loop, {rows[0]['task']} (100-step episodes), debug sizes, "
+        f"{rows[0]['frames']} frames per run"
+    )
     print(f"{'workers':>8}{'frames/s':>10}{'updates/s':>11}{'wall s':>8}")
     for r in rows:
         print(
