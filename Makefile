@@ -10,12 +10,20 @@ STAMP := $(VENV)/.installed-$(EXTRAS)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 LOGDIR ?= logdir/cartpole_swingup_tempo
 TRAIN_ARGS ?=
+# The learning-curve protocol (README, "Learning curves"): every task x method x
+# seed for CURVE_FRAMES env frames with cpu.gin, one run after another; re-running
+# resumes unfinished runs from their checkpoints (a finished one only re-exports).
+CURVE_TASKS ?= dmc_cartpole_swingup dmc_finger_spin
+CURVE_METHODS ?= dreamerv2 tempo-released tempo-lookahead
+CURVE_SEEDS ?= 0
+CURVE_FRAMES ?= 100000
+CURVE_DIR ?= logdir/curves
 
 export TF_USE_LEGACY_KERAS := 1
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
 
-.PHONY: setup system-deps train test test-all bench lint clean
+.PHONY: setup system-deps train test test-all bench curves lint clean
 
 setup: system-deps $(STAMP)
 
@@ -43,6 +51,22 @@ test-all: setup
 
 bench: setup
 	$(PY) -m launch.bench
+
+curves: setup
+	@for task in $(CURVE_TASKS); do for method in $(CURVE_METHODS); do for seed in $(CURVE_SEEDS); do \
+	  case $$method in \
+	    dreamerv2) meta=false; sign=released;; \
+	    tempo-released) meta=true; sign=released;; \
+	    tempo-lookahead) meta=true; sign=lookahead;; \
+	    *) echo "unknown method $$method"; exit 1;; \
+	  esac; \
+	  $(PY) -m launch.train --logdir $(CURVE_DIR)/$$task/$$method/seed$$seed \
+	    --gin_file gin_configs/dmc_proprio.gin --gin_file gin_configs/cpu.gin \
+	    --task $$task --seed $$seed --steps $(CURVE_FRAMES) --meta=$$meta \
+	    --gin_param "BilevelTrainer.hypergrad_sign = '$$sign'" \
+	    --gin_param 'train.eval_episodes = 5' || exit 1; \
+	done; done; done
+	$(PY) -m launch.plot --logdirs '$(CURVE_DIR)/*/*/*' --out $(CURVE_DIR)/curves
 
 lint: setup
 	$(VENV)/bin/ruff check tempo launch tests
