@@ -235,18 +235,21 @@ def train(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         frame = int(agent_steps) * repeat
+        final_error = None
         if not skip_final_checkpoint:
             try:
                 save_checkpoint()
             except CheckpointWriteError as error:
-                if not failing:
-                    raise
-                # Keep the error that stopped the run; this one is secondary.
-                print(f"warning: {error}")
+                final_error = error
         write_logs(logger, metrics, fps, ups, replay, trainer, frame, steps)
         logger.close()
         env.close()
         eval_env.close()
+        if final_error is not None:
+            if not failing:
+                raise final_error
+            # Keep the error that stopped the run; this one is secondary.
+            print(f"warning: {final_error}")
     if stop["now"]:
         print(f"Stopped by signal at env frame {frame}; checkpoint saved.")
     elif export:

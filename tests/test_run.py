@@ -338,37 +338,47 @@ def file_bytes(directory):
     return {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()}
 
 
+@pytest.mark.parametrize("at", ["periodic", "final"])
 def test_failing_checkpoint_write_stops_the_run_with_earlier_checkpoints_intact(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, at
 ):
-    """A writer that fails like a full disk on the second checkpoint."""
+    """A writer that fails like a full disk: at a periodic save (the second one of
+    a run), or at the final save of a resumed run that saves nothing before it."""
     import tensorflow as tf
 
     from tempo.errors import CheckpointWriteError
 
+    logdir, ckpt_dir = tmp_path / "ckfail", tmp_path / "ckfail" / "checkpoints"
+    if at == "final":
+        tiny_run(logdir, "gym_CartPole-v1", steps=60)
     real_write, seen = tf.train.Checkpoint._write, {"calls": 0}
-    ckpt_dir = tmp_path / "ckfail" / "checkpoints"
+    fail_from = 2 if at == "periodic" else 1
 
     def failing_write(self, prefix, options=None):
         seen["calls"] += 1
-        if seen["calls"] == 1:
+        if seen["calls"] < fail_from:
             return real_write(self, prefix, options=options)
         seen["before"] = file_bytes(ckpt_dir)
         (ckpt_dir / "ckpt-partial.data-00000-of-00001").write_bytes(b"half")
         raise tf.errors.ResourceExhaustedError(None, None, "No space left on device")
 
     monkeypatch.setattr(tf.train.Checkpoint, "_write", failing_write)
+    settings = dict(steps=1000, checkpoint_every=40)
+    if at == "final":
+        settings = dict(steps=120, checkpoint_every=10**6)
     with pytest.raises(CheckpointWriteError) as info:
-        tiny_run(tmp_path / "ckfail", "gym_CartPole-v1", checkpoint_every=40)
+        tiny_run(logdir, "gym_CartPole-v1", **settings)
     message = str(info.value)
     assert "No space left on device" in message and "earlier checkpoints are intact" in message
-    assert seen["calls"] == 2  # the failed write is not retried on the way out
+    assert seen["calls"] == fail_from  # the failed write is not retried on the way out
     after = file_bytes(ckpt_dir)
     assert {k: v for k, v in after.items() if "partial" not in k} == seen["before"]
     latest = tf.train.latest_checkpoint(str(ckpt_dir))
-    assert latest in message and latest.endswith(f"ckpt-{int(latest.rsplit('-', 1)[1])}")
+    assert latest in message
+    if at == "final":  # the logs were written before the error surfaced
+        assert json.loads((logdir / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 120
     monkeypatch.setattr(tf.train.Checkpoint, "_write", real_write)
-    summary = tiny_run(tmp_path / "ckfail", "gym_CartPole-v1", steps=200, checkpoint_every=40)
+    summary = tiny_run(logdir, "gym_CartPole-v1", steps=200, checkpoint_every=40)
     assert summary["step"] == 200  # resumed from the intact checkpoint and finished
 
 
