@@ -7,6 +7,7 @@ this module stays free of gin.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import tensorflow as tf
@@ -44,6 +45,7 @@ def build_trainer(
     actor_opt: Callable[..., Optimizer] = Optimizer,
     critic_opt: Callable[..., Optimizer] = Optimizer,
     build: bool = True,
+    strategy: tf.distribute.Strategy | None = None,
 ) -> BilevelTrainer:
     """Builds (and by default creates the variables of) a TEMPO/DreamerV2 trainer.
 
@@ -56,33 +58,38 @@ def build_trainer(
         trainer's own random generator, so equal seeds give equal runs.
       pred_discount: learn a discount head (episodes that terminate) or use the
         constant discount in imagination.
+      strategy: a `tf.distribute` strategy for data-parallel updates (every
+        variable is created in its scope; see `tempo.strategy`), or None for
+        one device.
     """
     if action_size < 1:
         raise ValueError(f"action_size must be positive, got {action_size}.")
     shapes = {k: tuple(int(d) for d in s) for k, s in obs_shapes.items()}
     tf.keras.utils.set_random_seed(seed)
-    wm = world_model(
-        encoder=encoder(shapes),
-        rssm=rssm(action_size),
-        decoder=decoder(shapes),
-        reward_head=reward_head(shape=(), dist="mse", name="reward"),
-        discount_head=discount_head(shape=(), dist="binary", name="discount")
-        if pred_discount
-        else None,
-    )
-    ac = behavior(
-        actor=actor(action_size, discrete),
-        critic=critic(shape=(), dist="mse", name="critic"),
-        slow_critic=critic(shape=(), dist="mse", name="slow_critic"),
-        actor_opt=actor_opt(name="actor_opt"),
-        critic_opt=critic_opt(name="critic_opt"),
-    )
-    result = trainer(
-        world_model=wm,
-        behavior=ac,
-        meta_weighter=meta_weighter(),
-        model_opt=model_opt(name="model_opt"),
-        meta_opt=meta_opt(name="meta_opt"),
-        seed=seed,
-    )
-    return result.build() if build else result
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        wm = world_model(
+            encoder=encoder(shapes),
+            rssm=rssm(action_size),
+            decoder=decoder(shapes),
+            reward_head=reward_head(shape=(), dist="mse", name="reward"),
+            discount_head=discount_head(shape=(), dist="binary", name="discount")
+            if pred_discount
+            else None,
+        )
+        ac = behavior(
+            actor=actor(action_size, discrete),
+            critic=critic(shape=(), dist="mse", name="critic"),
+            slow_critic=critic(shape=(), dist="mse", name="slow_critic"),
+            actor_opt=actor_opt(name="actor_opt"),
+            critic_opt=critic_opt(name="critic_opt"),
+        )
+        result = trainer(
+            world_model=wm,
+            behavior=ac,
+            meta_weighter=meta_weighter(),
+            model_opt=model_opt(name="model_opt"),
+            meta_opt=meta_opt(name="meta_opt"),
+            seed=seed,
+            strategy=strategy,
+        )
+        return result.build() if build else result

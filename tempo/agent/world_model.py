@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
+from tempo import replicas
 from tempo.agent.kl import balanced_kl
 from tempo.networks.decoder import Decoder
 from tempo.networks.encoder import Encoder
@@ -187,7 +188,7 @@ class WorldModel(tf.keras.Model):
         seq["feat"], seq["action"] = [feat], [action]
         for step_seed in split_seed(seed, horizon):
             act_seed, img_seed = split_seed(step_seed, 2)
-            action = policy(tf.stop_gradient(feat)).sample(seed=act_seed)
+            action = replicas.sample(policy(tf.stop_gradient(feat)), act_seed)
             state = self.rssm.img_step(state, action, img_seed)
             feat = self.rssm.get_feat(state)
             for key, value in state.items():
@@ -222,7 +223,9 @@ def weighted_model_loss(
     for key, like in likes.items():
         w = 1.0 if weights is None else tf.cast(weights, like.dtype)
         losses[key] = -tf.reduce_mean(w * like)
-    losses["kl"] = balanced_kl(kls[0], kls[1], weights, kl_balance, kl_free, kl_free_avg)
+    losses["kl"] = balanced_kl(
+        kls[0], kls[1], weights, kl_balance, kl_free, kl_free_avg, mean=replicas.global_mean
+    )
     total = tf.add_n(
         [loss_scales.get(k, 1.0) * tf.cast(v, losses["kl"].dtype) for k, v in losses.items()]
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from tempo.networks.batch_norm import GlobalBatchNormalization
 from tempo.networks.mlp import MLP
 
 
@@ -34,7 +35,7 @@ class MetaWeighter(tf.keras.Model):
         self.low, self.high = low, high
         self.mlp = MLP(layers, units, act, norm, name="mlp")
         self.out = tf.keras.layers.Dense(1, name="out")
-        self.value_norm = tf.keras.layers.BatchNormalization(
+        self.value_norm = GlobalBatchNormalization(
             momentum=0.9, center=False, scale=False, name="value_norm"
         )
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from tempo.networks.batch_norm import GlobalBatchNormalization
+
 NORMS = ("none", "layer", "batch")
 
 
@@ -20,7 +22,7 @@ def norm_layer(norm: str, name: str, **kwargs) -> tf.keras.layers.Layer | None:
     if norm == "layer":
         return tf.keras.layers.LayerNormalization(epsilon=1e-3, name=name, **kwargs)
     if norm == "batch":
-        return tf.keras.layers.BatchNormalization(name=name, **kwargs)
+        return GlobalBatchNormalization(name=name, **kwargs)
     raise ValueError(f"Unknown norm {norm!r}; choose one of {NORMS}.")
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from tempo import replicas
 from tempo.networks import distributions as dists
 from tempo.networks.mlp import activation, norm_layer
 
@@ -205,7 +206,7 @@ class RSSM(tf.keras.Model):
     def _with_sample(self, stats: State, deter, seed, sample: bool) -> State:
         dist = self.get_dist(stats)
         if sample:
-            stoch = dist.sample(seed=seed)
+            stoch = replicas.sample(dist, seed)
         else:
             stoch = dist.mode()
         return {"stoch": tf.cast(stoch, self.compute_dtype), "deter": deter, **stats}
