@@ -34,6 +34,7 @@ def tiny_trainer(
     jit_compile=False,
     width=12,
     strategy=None,
+    precision="float32",
 ):
     head = dict(layers=1, units=width)
     return build_trainer(
@@ -53,6 +54,7 @@ def tiny_trainer(
         world_model=P(WorldModel, kl_free=kl_free),
         behavior=P(ActorCritic, horizon=3),
         strategy=strategy,
+        precision=precision,
         trainer=P(
             BilevelTrainer,
             meta=meta,

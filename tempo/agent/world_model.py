@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from tempo import replicas
 from tempo.agent.kl import balanced_kl
+from tempo.networks import distributions as dists
 from tempo.networks.decoder import Decoder
 from tempo.networks.encoder import Encoder
 from tempo.networks.heads import DistHead
@@ -35,8 +36,9 @@ class WorldModel(tf.keras.Model):
         kl_free_avg: bool = True,
         grad_heads: tuple[str, ...] = ("decoder", "reward", "discount"),
         name: str = "world_model",
+        dtype: str | tf.keras.mixed_precision.Policy | None = None,
     ):
-        super().__init__(name=name)
+        super().__init__(name=name, dtype=dtype)
         if reward_transform not in REWARD_TRANSFORMS:
             raise ValueError(
                 f"Unknown reward_transform {reward_transform!r}; "
@@ -112,12 +114,14 @@ class WorldModel(tf.keras.Model):
         """Per-sample [B, T] log-likelihood of every predicted quantity."""
         feat = self.rssm.get_feat(post)
         feat_for = lambda head: feat if head in self.grad_heads else tf.stop_gradient(feat)
+        target = dists.to_distribution_dtype  # 16-bit targets: float32 like the distributions
         likes = {}
         for key, dist in self.decoder(feat_for("decoder")).items():
-            likes[key] = dist.log_prob(data[key])
-        likes["reward"] = self.reward_head(feat_for("reward")).log_prob(data["reward"])
+            likes[key] = dist.log_prob(target(data[key]))
+        likes["reward"] = self.reward_head(feat_for("reward")).log_prob(target(data["reward"]))
         if self.discount_head is not None:
-            likes["discount"] = self.discount_head(feat_for("discount")).log_prob(data["discount"])
+            disc = target(data["discount"])
+            likes["discount"] = self.discount_head(feat_for("discount")).log_prob(disc)
         return likes
 
     def kl_terms(self, post: State, prior: State) -> tuple[tf.Tensor, tf.Tensor]:

@@ -28,15 +28,17 @@ class MetaWeighter(tf.keras.Model):
         low: float = 0.75,
         high: float = 1.25,
         name: str = "meta_weighter",
+        dtype: str | tf.keras.mixed_precision.Policy | None = None,
     ):
-        super().__init__(name=name)
+        super().__init__(name=name, dtype=dtype)
         if not low < high:
             raise ValueError(f"MetaWeighter needs low < high, got low={low}, high={high}.")
         self.low, self.high = low, high
-        self.mlp = MLP(layers, units, act, norm, name="mlp")
-        self.out = tf.keras.layers.Dense(1, name="out")
+        self.mlp = MLP(layers, units, act, norm, name="mlp", dtype=self.dtype_policy)
+        self.out = tf.keras.layers.Dense(1, name="out", dtype=self.dtype_policy)
+        # float32 under mixed precision too: it feeds the upper loss.
         self.value_norm = GlobalBatchNormalization(
-            momentum=0.9, center=False, scale=False, name="value_norm"
+            momentum=0.9, center=False, scale=False, name="value_norm", dtype="float32"
         )
 
     def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
