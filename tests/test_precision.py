@@ -64,3 +64,22 @@ def test_bfloat16_update_is_finite_and_close_to_float32(runs):
         other = got_steps[name]
         cosine = step @ other / (np.linalg.norm(step) * np.linalg.norm(other))
         assert cosine > MIN_COSINE, (name, cosine)
+
+
+def test_float16_loss_scale_halves_on_overflow_then_updates_apply():
+    trainer = tiny_trainer(SHAPES, discrete=True, meta=True, seed=1, precision="mixed_float16")
+    assert trainer.world_model.rssm.compute_dtype == "float16"
+    scale = float(trainer.loss_scale.scale)
+    state, history = trainer.initial_state(3), []
+    for seed in range(4):
+        data = random_batch(SHAPES, 3, True, batch=3, length=6, terminal_at=3, seed=seed)
+        state, metrics = trainer.train(data, state)
+        history.append({k: float(v) for k, v in metrics.items()})
+    for metrics in history:  # a skipped update halves the scale, an applied one keeps it
+        skipped = metrics["update_skipped"] or metrics["behavior_skipped"]
+        assert metrics["loss_scale"] == (scale / 2 if skipped else scale)
+        scale = metrics["loss_scale"]
+    applied = [m for m in history if not m["update_skipped"] and not m["behavior_skipped"]]
+    assert applied, history
+    assert all(np.isfinite(v) for m in applied for v in m.values())
+    assert tf.keras.mixed_precision.global_policy().name == "float32"

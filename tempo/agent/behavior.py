@@ -69,19 +69,31 @@ class ActorCritic(tf.Module):
         self.critic_opt.build(self.critic.trainable_variables)
 
     def gradients(
-        self, world_model: WorldModel, start: State, is_terminal: tf.Tensor, seed=None
+        self,
+        world_model: WorldModel,
+        start: State,
+        is_terminal: tf.Tensor,
+        seed=None,
+        loss_scale: tf.Tensor | None = None,
     ) -> tuple[list, list, dict]:
         """Actor and critic gradients and metrics of the whole batch (averaged over
-        replicas under `tf.distribute`: every loss here is a mean over B x T)."""
+        replicas under `tf.distribute`: every loss here is a mean over B x T).
+        `loss_scale` (float16) multiplies the losses and divides the gradients."""
+        scale = (lambda x: x) if loss_scale is None else (lambda x: x * loss_scale)
         with tf.GradientTape() as actor_tape:
             seq = world_model.imagine(self.actor, start, is_terminal, self.horizon, seed)
             reward = world_model.reward_head(seq["feat"]).mode()
             target = self.target(reward, seq)
             actor_loss, metrics = self.actor_loss(seq, target)
+            scaled_actor_loss = scale(actor_loss)
         with tf.GradientTape() as critic_tape:
             critic_loss = self.critic_loss(seq, target)
-        actor_grads = actor_tape.gradient(actor_loss, self.actor.trainable_variables)
-        critic_grads = critic_tape.gradient(critic_loss, self.critic.trainable_variables)
+            scaled_critic_loss = scale(critic_loss)
+        actor_grads = actor_tape.gradient(scaled_actor_loss, self.actor.trainable_variables)
+        critic_grads = critic_tape.gradient(scaled_critic_loss, self.critic.trainable_variables)
+        if loss_scale is not None:
+            actor_grads = [g / loss_scale for g in actor_grads]
+            critic_grads = [g / loss_scale for g in critic_grads]
         metrics.update(
             actor_loss=actor_loss,
             critic_loss=critic_loss,

@@ -12,6 +12,7 @@ import tensorflow as tf
 from tempo import replicas
 from tempo.agent.behavior import ActorCritic
 from tempo.agent.hypergradient import SIGNS, bilevel_gradients, meta_gradient
+from tempo.agent.loss_scale import LossScale
 from tempo.agent.numerics import all_finite
 from tempo.agent.optimizer import Optimizer
 from tempo.agent.world_model import WorldModel
@@ -37,6 +38,7 @@ class BilevelTrainer(tf.Module):
         jit_compile: bool = False,
         seed: int = 0,
         strategy: tf.distribute.Strategy | None = None,
+        loss_scale: LossScale | None = None,
         name: str = "trainer",
     ):
         super().__init__(name=name)
@@ -55,6 +57,7 @@ class BilevelTrainer(tf.Module):
         # None: one device, the plain update. A strategy: data parallelism, the
         # variables must have been created in its scope (`build_trainer` does).
         self.strategy = strategy
+        self.loss_scale = loss_scale  # float16 compute only
         self.rng = tf.random.Generator.from_seed(seed)
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="train_step")
         # Consecutive updates skipped because a loss or gradient was not finite.
@@ -84,6 +87,18 @@ class BilevelTrainer(tf.Module):
         """Zero RSSM states for `batch_size` sequences (this worker's share of the
         global batch under a strategy, split over its replicas)."""
         return self.distribute(self.world_model.rssm.initial(batch_size))
+
+    def worker_batch_size(self, batch_size: int) -> int:
+        """This worker's share of a global batch of `batch_size` sequences."""
+        if self.strategy is None:
+            return batch_size
+        replicas_total = self.strategy.num_replicas_in_sync
+        if batch_size % replicas_total:
+            raise ValueError(
+                f"The batch of {batch_size} sequences does not split over "
+                f"{replicas_total} replicas; use a multiple of {replicas_total}."
+            )
+        return batch_size // replicas_total * len(self.strategy.extended.worker_devices)
 
     def distribute(self, values):
         """Splits a batch (a nest of [B, ...] arrays) into equal per-replica shards,
@@ -164,6 +179,10 @@ class BilevelTrainer(tf.Module):
         metrics["update_skipped"] = 1.0 - tf.cast(finite, tf.float32)
         metrics["nonfinite_streak"] = self.nonfinite_streak
         metrics.update(self._behavior_step(post, is_terminal, behavior_seed, finite))
+        if self.loss_scale is not None:
+            metrics["loss_scale"] = self.loss_scale.scale
+            both = tf.logical_and(finite, tf.equal(metrics["behavior_skipped"], 0.0))
+            self.loss_scale.update(both)
         self.step.assign_add(1)
         # A non-finite batch must not poison the state carried into the next one.
         last = self._run(_last_state, post, finite)
@@ -174,18 +193,25 @@ class BilevelTrainer(tf.Module):
         averaged over replicas (the losses are means over equal shards)."""
         data = self.world_model.preprocess(data)
         model_vars = self.world_model.trainable_variables
+        scale = None if self.loss_scale is None else self.loss_scale.scale
+        losses = lambda: _scaled(self.losses(data, state, seed), scale)
         if self.meta:
+            reduce_up = None
+            if scale is not None or replicas.context():
+                # The contraction needs the unscaled, global g_up.
+                reduce_up = lambda g: replicas.all_mean(_unscaled(g, scale))
             g_low, _, h, aux = bilevel_gradients(
-                lambda: self.losses(data, state, seed),
+                losses,
                 model_vars,
                 self.world_model.rep_variables,
                 self.meta_weighter.trainable_variables,
-                reduce_up=replicas.all_mean if replicas.context() else None,
+                reduce_up=reduce_up,
             )
         else:
             with tf.GradientTape() as tape:
-                lower, _, aux = self.losses(data, state, seed)
+                lower, _, aux = losses()
             g_low, h = tape.gradient(lower, model_vars), []
+        g_low, h = _unscaled(g_low, scale), _unscaled(h, scale)
         g_low, h, metrics = replicas.all_mean((list(g_low), list(h), dict(aux["metrics"])))
         post = {k: tf.stop_gradient(v) for k, v in aux["post"].items()}
         return g_low, h, metrics, post, data["is_terminal"]
@@ -205,8 +231,9 @@ class BilevelTrainer(tf.Module):
         """Step 7 with the updated world model; skipped with the model step."""
         behavior = self.behavior
         behavior.update_slow_critic()
+        scale = None if self.loss_scale is None else self.loss_scale.scale
         actor_grads, critic_grads, metrics = self._run(
-            behavior.gradients, self.world_model, post, is_terminal, seed
+            behavior.gradients, self.world_model, post, is_terminal, seed, scale
         )
         finite = self._first(self._run(behavior.finite, actor_grads, critic_grads, metrics))
         finite = tf.logical_and(finite, allowed)
@@ -279,6 +306,18 @@ class BilevelTrainer(tf.Module):
             self.meta_weighter.trainable_variables,
         )
         return meta_gradient(h, self.hypergrad_sign, self.lookahead_lr)
+
+
+def _scaled(losses, scale):
+    """(lower, upper, aux) with both losses times the loss scale (if any)."""
+    if scale is None:
+        return losses
+    lower, upper, aux = losses
+    return lower * scale, upper * scale, aux
+
+
+def _unscaled(grads, scale) -> list:
+    return list(grads) if scale is None else [g / scale for g in grads]
 
 
 def _is_distributed(values) -> bool:

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from tempo.agent.behavior import ActorCritic
 from tempo.agent.bilevel import BilevelTrainer
+from tempo.agent.loss_scale import LossScale
 from tempo.agent.optimizer import Optimizer
 from tempo.agent.world_model import WorldModel
 from tempo.networks.decoder import Decoder
@@ -102,5 +103,6 @@ def build_trainer(
             meta_opt=meta_opt(name="meta_opt"),
             seed=seed,
             strategy=strategy,
+            loss_scale=LossScale() if precision == "mixed_float16" else None,
         )
         return result.build() if build else result
