@@ -23,10 +23,12 @@ from tempo.networks.heads import Actor, DistHead
 from tempo.networks.meta_weighter import MetaWeighter
 from tempo.networks.rssm import RSSM
 from tempo.run import train
+from tempo.strategy import make_strategy
 
 # The gin-wrapped builder: calling it applies the parsed bindings.
 build_trainer = gin.external_configurable(build_trainer, module="tempo")
 train = gin.external_configurable(train, module="tempo")
+make_strategy = gin.external_configurable(make_strategy, module="tempo")
 
 CONFIGURABLES = (
     Encoder,

@@ -73,15 +73,22 @@ def train(
     obs_shapes = {k: tuple(s.shape) for k, s in env.obs_space.items() if k not in RESERVED}
     action_size = int(env.act_space.shape[0])
 
+    trainer = trainer_fn(obs_shapes, action_size, env.discrete, seed=seed)
+    # Under a strategy each worker samples its share of the global batch from its
+    # own replay (worker w seeds it with seed + w) and splits it over its replicas.
+    worker = _worker_index(trainer.strategy)
+    worker_batch = trainer.worker_batch_size(batch_size)
+    if worker:  # non-chief workers keep their own replay and checkpoints apart
+        logdir = logdir / f"worker{worker}"
+        logdir.mkdir(parents=True, exist_ok=True)
     replay = Replay(
         logdir / "replay",
         capacity=replay_capacity,
         length=batch_length,
         min_length=batch_length,
         prioritize_ends=prioritize_ends,
-        seed=seed,
+        seed=seed + worker,
     )
-    trainer = trainer_fn(obs_shapes, action_size, env.discrete, seed=seed)
     agent = Agent(trainer, seed=seed)
     agent_steps = tf.Variable(0, dtype=tf.int64, name="agent_steps")
     checkpoint = tf.train.Checkpoint(trainer=trainer, agent=agent, agent_steps=agent_steps)
@@ -125,8 +132,8 @@ def train(
             driver.run(random_policy, steps=num_envs)
         driver.reset()
 
-    dataset = iter(replay.dataset(batch_size, batch_length))
-    train_state = trainer.initial_state(batch_size)
+    dataset = iter(replay.dataset(worker_batch, batch_length))
+    train_state = trainer.initial_state(worker_batch)  # per replica under a strategy
 
     def update() -> None:
         nonlocal train_state
@@ -205,6 +212,14 @@ def train(
     summary = {"step": frame, "updates": int(trainer.step), "eval_return": eval_return}
     (logdir / "summary.json").write_text(json.dumps(summary))
     return summary
+
+
+def _worker_index(strategy) -> int:
+    """0 for the chief (or one process), the task index of other workers."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type or resolver.task_type == "chief":
+        return 0
+    return int(resolver.task_id) + (1 if "chief" in resolver.cluster_spec().jobs else 0)
 
 
 def evaluate(env, agent: Agent, episodes: int, logger: Logger) -> float:
