@@ -140,14 +140,15 @@ def train(
         train_state, mets = trainer.train(next(dataset), train_state)
         metrics.add({k: float(v) for k, v in mets.items()})
         ups.update(1)
-        if int(trainer.nonfinite_streak) >= max_nonfinite_updates:
+        streak = int(trainer.nonfinite_streak.numpy())
+        if streak >= max_nonfinite_updates:
             raise NonFiniteError(
-                f"{int(trainer.nonfinite_streak)} consecutive updates had non-finite losses "
+                f"{streak} consecutive updates had non-finite losses "
                 f"or gradients (see train/update_skipped in {logdir / 'metrics.jsonl'}); "
                 f"stopping with the last good checkpoint in {logdir / 'checkpoints'} intact."
             )
 
-    if int(trainer.step) == 0:
+    if int(trainer.step.numpy()) == 0:
         print(f"Pretrain: {pretrain} updates.")
         for _ in range(pretrain):
             update()
@@ -209,7 +210,7 @@ def train(
         from tempo.export import export_policy
 
         export_policy(agent, env.obs_space, logdir / "saved_model", {"task": task, **env_kwargs})
-    summary = {"step": frame, "updates": int(trainer.step), "eval_return": eval_return}
+    summary = {"step": frame, "updates": int(trainer.step.numpy()), "eval_return": eval_return}
     (logdir / "summary.json").write_text(json.dumps(summary))
     return summary
 
@@ -238,7 +239,7 @@ def write_logs(logger, metrics, fps, ups, replay, trainer, frame, total_frames) 
     scalars = {
         "replay_steps": replay.num_steps,
         "replay_episodes": replay.num_episodes,
-        "updates": int(trainer.step),
+        "updates": int(trainer.step.numpy()),
     }
     if fps.pending:
         rate = fps.rate()

@@ -145,6 +145,50 @@ def sampling_check(strategy: tf.distribute.Strategy) -> dict:
     return out
 
 
+def run_loop_check(strategy: tf.distribute.Strategy, tmp: str) -> dict:
+    """`tempo.run.train` under the strategy (distributed batches, per-replica
+    carried state, checkpoint, export), then its checkpoint restored into a
+    single-device agent as `launch.evaluate` does."""
+    from tempo.envs import make_batch_env
+    from tempo.evaluation import restore_agent, run_episodes
+    from tempo.run import train
+
+    def mirrored_fn(shapes, action_size, discrete, seed=0):
+        return tiny_trainer(shapes, action_size, discrete, seed=seed, strategy=strategy)
+
+    logdir = os.path.join(tmp, "run")
+    summary = train(
+        logdir,
+        task="gym_CartPole-v1",
+        steps=60,
+        batch_size=4,
+        batch_length=6,
+        prefill=20,
+        pretrain=2,
+        train_every=20,
+        eval_every=0,
+        log_every=20,
+        checkpoint_every=1000,
+        trainer_fn=mirrored_fn,
+    )
+    lines = [json.loads(x) for x in open(os.path.join(logdir, "metrics.jsonl"))]
+    losses = [x["train/model_loss"] for x in lines if "train/model_loss" in x]
+    env = make_batch_env("gym_CartPole-v1", 1, seed=0, action_repeat=1)
+    try:
+        agent = restore_agent(logdir, env, lambda *a: tiny_trainer(*a))
+        policy = lambda obs, state: agent.policy(obs, state, explore=False)
+        returns, _ = run_episodes(env, policy, 1, agent.action_size)
+    finally:
+        env.close()
+    return {
+        "updates": summary["updates"],
+        "restored_step": int(agent.trainer.step),
+        "finite_losses": bool(losses) and all(np.isfinite(losses)),
+        "return": float(returns[0]),
+        "exported": os.path.exists(os.path.join(logdir, "saved_model", "saved_model.pb")),
+    }
+
+
 def main() -> None:
     modes = sys.argv[1].split(",")
     updates = int(sys.argv[2]) if len(sys.argv) > 2 else 1
@@ -152,7 +196,11 @@ def main() -> None:
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with tempfile.TemporaryDirectory() as tmp:
         result = {"sampling": sampling_check(strategy)}
-        result.update({mode: run_mode(mode, updates, tmp, strategy) for mode in modes if mode})
+        if "run" in modes:
+            result["run"] = run_loop_check(strategy, tmp)
+        result.update(
+            {mode: run_mode(mode, updates, tmp, strategy) for mode in modes if mode in MODES}
+        )
         print(json.dumps(result))
 
 

@@ -1,5 +1,6 @@
 """Data parallelism: one update under MirroredStrategy over two logical CPUs
-equals the single-device update on the same global batch.
+equals the single-device update on the same global batch; the run loop trains
+under it and its checkpoint restores into a single-device agent.
 
 The check runs in a fresh process (tests/mirrored_update.py) because the CPU
 must be split into logical devices before TensorFlow initializes them.
@@ -28,7 +29,7 @@ def result():
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
     script = os.path.join(HERE, "mirrored_update.py")
     proc = subprocess.run(
-        [sys.executable, script, "tempo,dreamerv2", "2"],
+        [sys.executable, script, "tempo,dreamerv2,run", "2"],
         capture_output=True,
         text=True,
         env=env,
@@ -61,6 +62,13 @@ def test_mirrored_updates_equal_single_device_updates(result, mode):
     assert second["metrics"] <= 10 * TOLERANCE, (second["worst_metric"], second["metrics"])
     assert second["state"] <= 10 * TOLERANCE
     assert second["variables"] <= 10 * TOLERANCE, (second["worst_variable"], second["variables"])
+
+
+def test_run_loop_under_mirrored_strategy_checkpoints_for_a_single_device_agent(result):
+    run = result["run"]
+    assert run["updates"] == 4 and run["restored_step"] == 4, run
+    assert run["finite_losses"] and run["exported"], run
+    assert run["return"] >= 1.0, run
 
 
 def test_strategy_names():
