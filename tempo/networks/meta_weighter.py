@@ -36,9 +36,14 @@ class MetaWeighter(tf.keras.Model):
         self.low, self.high = low, high
         self.mlp = MLP(layers, units, act, norm, name="mlp", dtype=self.dtype_policy)
         self.out = tf.keras.layers.Dense(1, name="out", dtype=self.dtype_policy)
-        # float32 under mixed precision too: it feeds the upper loss.
+        # Never 16-bit (it feeds the upper loss): float32 under mixed precision.
+        mixed = self.dtype_policy.compute_dtype in ("float16", "bfloat16")
         self.value_norm = GlobalBatchNormalization(
-            momentum=0.9, center=False, scale=False, name="value_norm", dtype="float32"
+            momentum=0.9,
+            center=False,
+            scale=False,
+            name="value_norm",
+            dtype="float32" if mixed else self.dtype_policy,
         )
 
     def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
