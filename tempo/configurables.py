@@ -26,10 +26,12 @@ from tempo.networks.heads import Actor, DistHead
 from tempo.networks.meta_weighter import MetaWeighter
 from tempo.networks.rssm import RSSM
 from tempo.run import train
+from tempo.strategy import make_strategy
 
 # The gin-wrapped builder: calling it applies the parsed bindings.
 build_trainer = gin.external_configurable(build_trainer, module="tempo")
 train = gin.external_configurable(train, module="tempo")
+make_strategy = gin.external_configurable(make_strategy, module="tempo")
 
 CONFIGURABLES = (
     Encoder,
@@ -87,7 +89,11 @@ def explain(error: Exception) -> str:
         if match is not None:
             text += f" Valid parameters: {', '.join(_parameters(match.wrapped))}."
     elif re.search(r"No configurable matching", text):
-        names = sorted(c.__name__ for c in CONFIGURABLES) + ["build_trainer", "train"]
+        names = sorted(c.__name__ for c in CONFIGURABLES) + [
+            "build_trainer",
+            "make_strategy",
+            "train",
+        ]
         text += f" Valid configurables: {', '.join(names)}."
     return text
 

@@ -103,6 +103,12 @@ def train(
         eval_env.close()
         raise ConfigError(f"Cannot build the agent for {task!r}: {first_line(error)}") from error
 
+    # Under a strategy each worker samples its share of the global batch from its
+    # own replay (worker w seeds it with seed + w) and splits it over its replicas.
+    worker = _worker_index(trainer.strategy)
+    worker_batch = trainer.worker_batch_size(batch_size)
+    if worker:  # non-chief workers keep their own replay and checkpoints apart
+        logdir = logdir / f"worker{worker}"
     logdir.mkdir(parents=True, exist_ok=True)
     replay = Replay(
         logdir / "replay",
@@ -110,7 +116,7 @@ def train(
         length=batch_length,
         min_length=batch_length,
         prioritize_ends=prioritize_ends,
-        seed=seed,
+        seed=seed + worker,
     )
     agent = Agent(trainer, seed=seed)
     agent_steps = tf.Variable(0, dtype=tf.int64, name="agent_steps")
@@ -165,22 +171,23 @@ def train(
             driver.run(random_policy, steps=num_envs)
         driver.reset()
 
-    dataset = iter(replay.dataset(batch_size, batch_length))
-    train_state = trainer.initial_state(batch_size)
+    dataset = iter(replay.dataset(worker_batch, batch_length))
+    train_state = trainer.initial_state(worker_batch)  # per replica under a strategy
 
     def update() -> None:
         nonlocal train_state
         train_state, mets = trainer.train(next(dataset), train_state)
         metrics.add({k: float(v) for k, v in mets.items()})
         ups.update(1)
-        if int(trainer.nonfinite_streak) >= max_nonfinite_updates:
+        streak = int(trainer.nonfinite_streak.numpy())
+        if streak >= max_nonfinite_updates:
             raise NonFiniteError(
-                f"{int(trainer.nonfinite_streak)} consecutive updates had non-finite losses "
+                f"{streak} consecutive updates had non-finite losses "
                 f"or gradients (see train/update_skipped in {logdir / 'metrics.jsonl'}); "
                 f"stopping with the last good checkpoint in {logdir / 'checkpoints'} intact."
             )
 
-    if int(trainer.step) == 0:
+    if int(trainer.step.numpy()) == 0:
         print(f"Pretrain: {pretrain} updates.")
         for _ in range(pretrain):
             update()
@@ -256,9 +263,17 @@ def train(
         from tempo.export import export_policy
 
         export_policy(agent, env.obs_space, logdir / "saved_model", {"task": task, **env_kwargs})
-    summary = {"step": frame, "updates": int(trainer.step), "eval_return": eval_return}
+    summary = {"step": frame, "updates": int(trainer.step.numpy()), "eval_return": eval_return}
     (logdir / "summary.json").write_text(json.dumps(summary))
     return summary
+
+
+def _worker_index(strategy) -> int:
+    """0 for the chief (or one process), the task index of other workers."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type or resolver.task_type == "chief":
+        return 0
+    return int(resolver.task_id) + (1 if "chief" in resolver.cluster_spec().jobs else 0)
 
 
 def evaluate(env, agent: Agent, episodes: int, logger: Logger) -> float:
@@ -277,7 +292,7 @@ def write_logs(logger, metrics, fps, ups, replay, trainer, frame, total_frames) 
     scalars = {
         "replay_steps": replay.num_steps,
         "replay_episodes": replay.num_episodes,
-        "updates": int(trainer.step),
+        "updates": int(trainer.step.numpy()),
     }
     if fps.pending:
         rate = fps.rate()

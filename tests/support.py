@@ -33,6 +33,8 @@ def tiny_trainer(
     pred_discount=True,
     jit_compile=False,
     width=12,
+    strategy=None,
+    precision="float32",
 ):
     head = dict(layers=1, units=width)
     return build_trainer(
@@ -51,6 +53,8 @@ def tiny_trainer(
         meta_weighter=P(MetaWeighter, layers=2, units=width),
         world_model=P(WorldModel, kl_free=kl_free),
         behavior=P(ActorCritic, horizon=3),
+        strategy=strategy,
+        precision=precision,
         trainer=P(
             BilevelTrainer,
             meta=meta,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from tempo import replicas
 from tempo.agent.numerics import all_finite
 from tempo.agent.optimizer import Optimizer
 from tempo.agent.returns import lambda_return
@@ -21,6 +22,10 @@ class ActorCritic(tf.Module):
     dynamics ('dynamics', continuous actions) or by REINFORCE with V_slow as
     baseline ('reinforce', discrete actions), plus an entropy bonus; the critic
     regresses the returns weighted by the cumulative discount.
+
+    One step is four phases so that a trainer can run the gradient phase on
+    every replica and the variable updates once: `update_slow_critic`,
+    `gradients` (+ `finite`), `apply` (or `skip`), `finish`.
     """
 
     def __init__(
@@ -63,51 +68,62 @@ class ActorCritic(tf.Module):
         self.actor_opt.build(self.actor.trainable_variables)
         self.critic_opt.build(self.critic.trainable_variables)
 
-    def train(
+    def gradients(
         self,
         world_model: WorldModel,
         start: State,
         is_terminal: tf.Tensor,
         seed=None,
-        allowed: tf.Tensor | bool = True,
-    ) -> dict[str, tf.Tensor]:
-        """One actor step and one critic step from imagined rollouts of `start`;
-        skipped (and reported) when a loss or gradient is not finite or when
-        `allowed` is False (the world-model step of this batch was skipped)."""
-        self._update_slow_critic()
+        loss_scale: tf.Tensor | None = None,
+    ) -> tuple[list, list, dict]:
+        """Actor and critic gradients and metrics of the whole batch (averaged over
+        replicas under `tf.distribute`: every loss here is a mean over B x T).
+        `loss_scale` (float16) multiplies the losses and divides the gradients."""
+        scale = (lambda x: x) if loss_scale is None else (lambda x: x * loss_scale)
         with tf.GradientTape() as actor_tape:
             seq = world_model.imagine(self.actor, start, is_terminal, self.horizon, seed)
             reward = world_model.reward_head(seq["feat"]).mode()
             target = self.target(reward, seq)
             actor_loss, metrics = self.actor_loss(seq, target)
+            scaled_actor_loss = scale(actor_loss)
         with tf.GradientTape() as critic_tape:
             critic_loss = self.critic_loss(seq, target)
-        actor_vars = self.actor.trainable_variables
-        critic_vars = self.critic.trainable_variables
-        actor_grads = actor_tape.gradient(actor_loss, actor_vars)
-        critic_grads = critic_tape.gradient(critic_loss, critic_vars)
-        finite = all_finite([actor_loss, critic_loss, *actor_grads, *critic_grads])
-        finite = tf.logical_and(finite, allowed)
-
-        def steps():
-            return {
-                "actor_grad_norm": self.actor_opt.apply(actor_grads, actor_vars),
-                "critic_grad_norm": self.critic_opt.apply(critic_grads, critic_vars),
-            }
-
-        def skip():
-            nan = tf.constant(float("nan"), actor_grads[0].dtype)
-            return {"actor_grad_norm": nan, "critic_grad_norm": nan}
-
-        metrics.update(tf.cond(finite, steps, skip))
-        metrics["behavior_skipped"] = 1.0 - tf.cast(finite, tf.float32)
-        self.updates.assign_add(1)
+            scaled_critic_loss = scale(critic_loss)
+        actor_grads = actor_tape.gradient(scaled_actor_loss, self.actor.trainable_variables)
+        critic_grads = critic_tape.gradient(scaled_critic_loss, self.critic.trainable_variables)
+        if loss_scale is not None:
+            actor_grads = [g / loss_scale for g in actor_grads]
+            critic_grads = [g / loss_scale for g in critic_grads]
         metrics.update(
             actor_loss=actor_loss,
             critic_loss=critic_loss,
             imag_reward_mean=tf.reduce_mean(reward),
             imag_return_mean=tf.reduce_mean(target),
         )
+        return replicas.all_mean((list(actor_grads), list(critic_grads), metrics))
+
+    @staticmethod
+    def finite(actor_grads, critic_grads, metrics) -> tf.Tensor:
+        """Computed from all-reduced values, so every replica agrees."""
+        losses = [metrics["actor_loss"], metrics["critic_loss"]]
+        return all_finite([*losses, *actor_grads, *critic_grads])
+
+    def apply(self, actor_grads, critic_grads) -> dict[str, tf.Tensor]:
+        actor, critic = self.actor.trainable_variables, self.critic.trainable_variables
+        return {
+            "actor_grad_norm": self.actor_opt.apply(actor_grads, actor),
+            "critic_grad_norm": self.critic_opt.apply(critic_grads, critic),
+        }
+
+    @staticmethod
+    def skip(dtype: tf.DType = tf.float32) -> dict[str, tf.Tensor]:
+        nan = tf.constant(float("nan"), dtype)
+        return {"actor_grad_norm": nan, "critic_grad_norm": nan}
+
+    def finish(self, metrics: dict, finite: tf.Tensor) -> dict[str, tf.Tensor]:
+        metrics = dict(metrics)
+        metrics["behavior_skipped"] = 1.0 - tf.cast(finite, tf.float32)
+        self.updates.assign_add(1)
         return metrics
 
     def target(self, reward: tf.Tensor, seq: dict) -> tf.Tensor:
@@ -141,7 +157,7 @@ class ActorCritic(tf.Module):
         weight = tf.stop_gradient(tf.cast(seq["weight"], target.dtype))
         return -tf.reduce_mean(dist.log_prob(tf.stop_gradient(target)) * weight[:-1])
 
-    def _update_slow_critic(self) -> None:
+    def update_slow_critic(self) -> None:
         """Every `slow_target_update` updates: V_slow <- mix * V + (1 - mix) * V_slow."""
         mix = self.slow_target_fraction
 

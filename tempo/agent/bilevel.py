@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from tempo import replicas
 from tempo.agent.behavior import ActorCritic
 from tempo.agent.hypergradient import SIGNS, bilevel_gradients, meta_gradient
+from tempo.agent.loss_scale import LossScale
 from tempo.agent.numerics import all_finite
 from tempo.agent.optimizer import Optimizer
 from tempo.agent.world_model import WorldModel
@@ -35,6 +37,8 @@ class BilevelTrainer(tf.Module):
         lookahead_lr: float | None = None,
         jit_compile: bool = False,
         seed: int = 0,
+        strategy: tf.distribute.Strategy | None = None,
+        loss_scale: LossScale | None = None,
         name: str = "trainer",
     ):
         super().__init__(name=name)
@@ -50,6 +54,10 @@ class BilevelTrainer(tf.Module):
         # eta of the one-step look-ahead; the model learning rate unless set.
         self.lookahead_lr = model_opt.lr if lookahead_lr is None else lookahead_lr
         self.jit_compile = jit_compile
+        # None: one device, the plain update. A strategy: data parallelism, the
+        # variables must have been created in its scope (`build_trainer` does).
+        self.strategy = strategy
+        self.loss_scale = loss_scale  # float16 compute only
         self.rng = tf.random.Generator.from_seed(seed)
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="train_step")
         # Consecutive updates skipped because a loss or gradient was not finite.
@@ -76,7 +84,39 @@ class BilevelTrainer(tf.Module):
         return rssm.deter + 2 * rssm.stats_size + 2
 
     def initial_state(self, batch_size: int) -> State:
-        return self.world_model.rssm.initial(batch_size)
+        """Zero RSSM states for `batch_size` sequences (this worker's share of the
+        global batch under a strategy, split over its replicas)."""
+        return self.distribute(self.world_model.rssm.initial(batch_size))
+
+    def worker_batch_size(self, batch_size: int) -> int:
+        """This worker's share of a global batch of `batch_size` sequences."""
+        if self.strategy is None:
+            return batch_size
+        replicas_total = self.strategy.num_replicas_in_sync
+        if batch_size % replicas_total:
+            raise ValueError(
+                f"The batch of {batch_size} sequences does not split over "
+                f"{replicas_total} replicas; use a multiple of {replicas_total}."
+            )
+        return batch_size // replicas_total * len(self.strategy.extended.worker_devices)
+
+    def distribute(self, values):
+        """Splits a batch (a nest of [B, ...] arrays) into equal per-replica shards,
+        replica r taking rows [r B/R, (r+1) B/R) of this worker's rows; the
+        batch itself with one device."""
+        if self.strategy is None:
+            return values
+        local = len(self.strategy.extended.worker_devices)
+        size = int(tf.nest.flatten(values)[0].shape[0])
+        if size % local:
+            raise ValueError(f"Batch of {size} does not split over {local} local replicas.")
+        rows = size // local
+
+        def shard(ctx):
+            index = ctx.replica_id_in_sync_group % local
+            return tf.nest.map_structure(lambda x: x[index * rows : (index + 1) * rows], values)
+
+        return self.strategy.experimental_distribute_values_from_function(shard)
 
     def parameter_counts(self) -> dict[str, int]:
         """All variables (batch-norm statistics included) per network."""
@@ -91,37 +131,45 @@ class BilevelTrainer(tf.Module):
     # ----- the update -------------------------------------------------------------
     def train(self, data: dict[str, tf.Tensor], state: State) -> tuple[State, dict]:
         """One compiled update on a [B, T] batch; returns the last posterior state
-        (to carry into the next batch of the same sequences) and scalar metrics."""
+        (to carry into the next batch of the same sequences) and scalar metrics.
+
+        Under a strategy `data` is this worker's batch (split here over its
+        replicas) or an already distributed one, `state` the per-replica state
+        that `initial_state` or the previous update returned, and the metrics
+        are those of the global batch."""
         if not self._built:
             self.build()
+        if self.strategy is not None and not _is_distributed(data):
+            data = self.distribute(data)
         return self._compiled(data, state)
 
+    def _run(self, fn, *args):
+        """`fn` on every replica (under a strategy) or once."""
+        return fn(*args) if self.strategy is None else self.strategy.run(fn, args=args)
+
+    def _first(self, values):
+        """This worker's first replica's copy of values that all replicas agree on."""
+        if self.strategy is None:
+            return values
+        return tf.nest.map_structure(
+            lambda v: self.strategy.experimental_local_results(v)[0], values
+        )
+
     def _train_step(self, data: dict, state: State) -> tuple[State, dict]:
+        # Seeds are drawn once, outside the replicas, so that all share them.
         model_seed, behavior_seed = split_seed(self.rng.make_seeds(1)[:, 0], 2)
-        data = self.world_model.preprocess(data)
-        model_vars = self.world_model.trainable_variables
-        if self.meta:
-            g_low, _, h, aux = bilevel_gradients(
-                lambda: self.losses(data, state, model_seed),
-                model_vars,
-                self.world_model.rep_variables,
-                self.meta_weighter.trainable_variables,
-            )
-        else:
-            with tf.GradientTape() as tape:
-                lower, _, aux = self.losses(data, state, model_seed)
-            g_low = tape.gradient(lower, model_vars)
-        metrics = dict(aux["metrics"])
-        finite = all_finite([metrics["model_loss"], *g_low, *(h if self.meta else [])])
+        g_low, h, metrics, post, is_terminal = self._run(
+            self._model_gradients, data, state, model_seed
+        )
+        finite = self._first(self._run(self._finite, g_low, h, metrics))
+        metrics = dict(self._first(metrics))
+        dtype = metrics["model_loss"].dtype
 
         def steps():  # 5 and 6
-            norms = {"model_grad_norm": self.model_step(g_low)}
-            if self.meta:
-                norms["meta_grad_norm"] = self.meta_step(h)
-            return norms
+            return self._first(self._run(self._model_and_meta_steps, g_low, h))
 
         def skip():
-            nan = tf.constant(float("nan"), g_low[0].dtype)
+            nan = tf.constant(float("nan"), dtype)
             return {"model_grad_norm": nan, **({"meta_grad_norm": nan} if self.meta else {})}
 
         metrics.update(tf.cond(finite, steps, skip))
@@ -130,16 +178,73 @@ class BilevelTrainer(tf.Module):
         )
         metrics["update_skipped"] = 1.0 - tf.cast(finite, tf.float32)
         metrics["nonfinite_streak"] = self.nonfinite_streak
-        post = {k: tf.stop_gradient(v) for k, v in aux["post"].items()}
-        metrics.update(
-            self.behavior.train(
-                self.world_model, post, data["is_terminal"], behavior_seed, allowed=finite
-            )
-        )
+        metrics.update(self._behavior_step(post, is_terminal, behavior_seed, finite))
+        if self.loss_scale is not None:
+            metrics["loss_scale"] = self.loss_scale.scale
+            both = tf.logical_and(finite, tf.equal(metrics["behavior_skipped"], 0.0))
+            self.loss_scale.update(both)
         self.step.assign_add(1)
         # A non-finite batch must not poison the state carried into the next one.
-        last = {k: tf.where(finite, v[:, -1], tf.zeros_like(v[:, -1])) for k, v in post.items()}
+        last = self._run(_last_state, post, finite)
         return last, {k: tf.cast(v, tf.float32) for k, v in metrics.items()}
+
+    def _model_gradients(self, data: dict, state: State, seed):
+        """Steps 1-4 and the gradients of steps 5 and 6 on this replica's shard,
+        averaged over replicas (the losses are means over equal shards)."""
+        data = self.world_model.preprocess(data)
+        model_vars = self.world_model.trainable_variables
+        scale = None if self.loss_scale is None else self.loss_scale.scale
+        losses = lambda: _scaled(self.losses(data, state, seed), scale)
+        if self.meta:
+            reduce_up = None
+            if scale is not None or replicas.context():
+                # The contraction needs the unscaled, global g_up.
+                reduce_up = lambda g: replicas.all_mean(_unscaled(g, scale))
+            g_low, _, h, aux = bilevel_gradients(
+                losses,
+                model_vars,
+                self.world_model.rep_variables,
+                self.meta_weighter.trainable_variables,
+                reduce_up=reduce_up,
+            )
+        else:
+            with tf.GradientTape() as tape:
+                lower, _, aux = losses()
+            g_low, h = tape.gradient(lower, model_vars), []
+        g_low, h = _unscaled(g_low, scale), _unscaled(h, scale)
+        g_low, h, metrics = replicas.all_mean((list(g_low), list(h), dict(aux["metrics"])))
+        post = {k: tf.stop_gradient(v) for k, v in aux["post"].items()}
+        return g_low, h, metrics, post, data["is_terminal"]
+
+    @staticmethod
+    def _finite(g_low, h, metrics) -> tf.Tensor:
+        """From all-reduced values, so every replica takes the same branch."""
+        return all_finite([metrics["model_loss"], *g_low, *h])
+
+    def _model_and_meta_steps(self, g_low, h) -> dict:
+        norms = {"model_grad_norm": self.model_step(g_low)}
+        if self.meta:
+            norms["meta_grad_norm"] = self.meta_step(h)
+        return norms
+
+    def _behavior_step(self, post: State, is_terminal, seed, allowed) -> dict:
+        """Step 7 with the updated world model; skipped with the model step."""
+        behavior = self.behavior
+        behavior.update_slow_critic()
+        scale = None if self.loss_scale is None else self.loss_scale.scale
+        actor_grads, critic_grads, metrics = self._run(
+            behavior.gradients, self.world_model, post, is_terminal, seed, scale
+        )
+        finite = self._first(self._run(behavior.finite, actor_grads, critic_grads, metrics))
+        finite = tf.logical_and(finite, allowed)
+        metrics = dict(self._first(metrics))
+        dtype = metrics["actor_loss"].dtype
+
+        def steps():
+            return self._first(self._run(behavior.apply, actor_grads, critic_grads))
+
+        metrics.update(tf.cond(finite, steps, lambda: behavior.skip(dtype)))
+        return behavior.finish(metrics, finite)
 
     def losses(self, data: dict, state: State, seed=None) -> tuple[tf.Tensor, tf.Tensor, dict]:
         """Steps 1-4 on a preprocessed batch from one pass of the RSSM: returns
@@ -203,15 +308,36 @@ class BilevelTrainer(tf.Module):
         return meta_gradient(h, self.hypergrad_sign, self.lookahead_lr)
 
 
+def _scaled(losses, scale):
+    """(lower, upper, aux) with both losses times the loss scale (if any)."""
+    if scale is None:
+        return losses
+    lower, upper, aux = losses
+    return lower * scale, upper * scale, aux
+
+
+def _unscaled(grads, scale) -> list:
+    return list(grads) if scale is None else [g / scale for g in grads]
+
+
+def _is_distributed(values) -> bool:
+    return any(isinstance(v, tf.distribute.DistributedValues) for v in tf.nest.flatten(values))
+
+
+def _last_state(post: State, finite) -> State:
+    return {k: tf.where(finite, v[:, -1], tf.zeros_like(v[:, -1])) for k, v in post.items()}
+
+
 def meta_metrics(weights: tf.Tensor, upper: tf.Tensor, meta_weighter: MetaWeighter) -> dict:
-    mean, var = tf.nn.moments(tf.reshape(weights, [-1]), [0])
+    """Statistics of the global batch's weights (equal on every replica)."""
+    mean, var = replicas.moments(tf.reshape(weights, [-1]), [0])
     norm = meta_weighter.value_norm
     return {
         "upper_loss": upper,
         "meta_weight_mean": mean,
         "meta_weight_std": tf.sqrt(var),
-        "meta_weight_min": tf.reduce_min(weights),
-        "meta_weight_max": tf.reduce_max(weights),
+        "meta_weight_min": replicas.global_min(weights),
+        "meta_weight_max": replicas.global_max(weights),
         "value_norm_mean": norm.moving_mean[0],
         "value_norm_std": tf.sqrt(norm.moving_variance[0]),
     }

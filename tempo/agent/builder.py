@@ -7,12 +7,14 @@ this module stays free of gin.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import tensorflow as tf
 
 from tempo.agent.behavior import ActorCritic
 from tempo.agent.bilevel import BilevelTrainer
+from tempo.agent.loss_scale import LossScale
 from tempo.agent.optimizer import Optimizer
 from tempo.agent.world_model import WorldModel
 from tempo.networks.decoder import Decoder
@@ -20,6 +22,8 @@ from tempo.networks.encoder import Encoder
 from tempo.networks.heads import Actor, DistHead
 from tempo.networks.meta_weighter import MetaWeighter
 from tempo.networks.rssm import RSSM
+
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 
 def build_trainer(
@@ -44,6 +48,8 @@ def build_trainer(
     actor_opt: Callable[..., Optimizer] = Optimizer,
     critic_opt: Callable[..., Optimizer] = Optimizer,
     build: bool = True,
+    strategy: tf.distribute.Strategy | None = None,
+    precision: str = "float32",
 ) -> BilevelTrainer:
     """Builds (and by default creates the variables of) a TEMPO/DreamerV2 trainer.
 
@@ -56,33 +62,47 @@ def build_trainer(
         trainer's own random generator, so equal seeds give equal runs.
       pred_discount: learn a discount head (episodes that terminate) or use the
         constant discount in imagination.
+      strategy: a `tf.distribute` strategy for data-parallel updates (every
+        variable is created in its scope; see `tempo.strategy`), or None for
+        one device.
+      precision: the Keras dtype policy of every network: 'float32',
+        'mixed_bfloat16' or 'mixed_float16' (16-bit compute, float32 variables;
+        distributions, losses and the value normalizer stay float32, and float16
+        gets a dynamic loss scale). Passed to the constructors, never set globally.
     """
     if action_size < 1:
         raise ValueError(f"action_size must be positive, got {action_size}.")
     shapes = {k: tuple(int(d) for d in s) for k, s in obs_shapes.items()}
     tf.keras.utils.set_random_seed(seed)
-    wm = world_model(
-        encoder=encoder(shapes),
-        rssm=rssm(action_size),
-        decoder=decoder(shapes),
-        reward_head=reward_head(shape=(), dist="mse", name="reward"),
-        discount_head=discount_head(shape=(), dist="binary", name="discount")
-        if pred_discount
-        else None,
-    )
-    ac = behavior(
-        actor=actor(action_size, discrete),
-        critic=critic(shape=(), dist="mse", name="critic"),
-        slow_critic=critic(shape=(), dist="mse", name="slow_critic"),
-        actor_opt=actor_opt(name="actor_opt"),
-        critic_opt=critic_opt(name="critic_opt"),
-    )
-    result = trainer(
-        world_model=wm,
-        behavior=ac,
-        meta_weighter=meta_weighter(),
-        model_opt=model_opt(name="model_opt"),
-        meta_opt=meta_opt(name="meta_opt"),
-        seed=seed,
-    )
-    return result.build() if build else result
+    if precision not in PRECISIONS:
+        raise ValueError(f"Unknown precision {precision!r}; choose one of {PRECISIONS}.")
+    dt = {} if precision == "float32" else {"dtype": tf.keras.mixed_precision.Policy(precision)}
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        wm = world_model(
+            encoder=encoder(shapes, **dt),
+            rssm=rssm(action_size, **dt),
+            decoder=decoder(shapes, **dt),
+            reward_head=reward_head(shape=(), dist="mse", name="reward", **dt),
+            discount_head=discount_head(shape=(), dist="binary", name="discount", **dt)
+            if pred_discount
+            else None,
+            **dt,
+        )
+        ac = behavior(
+            actor=actor(action_size, discrete, **dt),
+            critic=critic(shape=(), dist="mse", name="critic", **dt),
+            slow_critic=critic(shape=(), dist="mse", name="slow_critic", **dt),
+            actor_opt=actor_opt(name="actor_opt"),
+            critic_opt=critic_opt(name="critic_opt"),
+        )
+        result = trainer(
+            world_model=wm,
+            behavior=ac,
+            meta_weighter=meta_weighter(**dt),
+            model_opt=model_opt(name="model_opt"),
+            meta_opt=meta_opt(name="meta_opt"),
+            seed=seed,
+            strategy=strategy,
+            loss_scale=LossScale() if precision == "mixed_float16" else None,
+        )
+        return result.build() if build else result

@@ -39,6 +39,7 @@ def bilevel_gradients(
     model_vars: Sequence[tf.Variable],
     rep_vars: Sequence[tf.Variable],
     meta_vars: Sequence[tf.Variable],
+    reduce_up: Callable[[list[tf.Tensor]], list[tf.Tensor]] | None = None,
 ):
     """Lower-loss gradient, upper-loss gradient and hypergradient from one forward pass.
 
@@ -46,6 +47,9 @@ def bilevel_gradients(
     computes both losses from the same states. Reverse-over-reverse: the
     gradient of <dL_low/d theta_rep, stop_grad(g_up)> with respect to alpha.
     `rep_vars` must be a subset of `model_vars` (the same variable objects).
+    `reduce_up` (data parallelism) turns a replica's g_up into the global one
+    before the contraction: h is linear in g_low but g_up must be the whole
+    batch's; the per-replica h are then averaged by the caller.
 
     Returns (g_low for model_vars, g_up for rep_vars, h for meta_vars, aux).
     """
@@ -55,6 +59,8 @@ def bilevel_gradients(
             tape.watch(model_vars)
             lower, upper, aux = losses_fn()
         g_up = _zeros_for_none(tape.gradient(upper, rep_vars), rep_vars)
+        if reduce_up is not None:
+            g_up = list(reduce_up(g_up))
         g_low = _zeros_for_none(tape.gradient(lower, model_vars), model_vars)
         low_by_var = {id(v): g for v, g in zip(model_vars, g_low)}
         g_low_rep = [low_by_var[id(v)] for v in rep_vars]

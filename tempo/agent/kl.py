@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import tensorflow as tf
 
 
@@ -12,6 +14,7 @@ def balanced_kl(
     balance: float = 0.8,
     free: float = 0.0,
     free_avg: bool = True,
+    mean: Callable[[tf.Tensor], tf.Tensor] = tf.reduce_mean,
 ) -> tf.Tensor:
     """balance * max(mean(w * KL(sg(post) || prior)), free)
        + (1 - balance) * max(mean(w * KL(post || sg(prior))), free).
@@ -25,6 +28,9 @@ def balanced_kl(
       free: free nats; the KL is not pushed below this.
       free_avg: apply the free-bits bound to the batch mean (True, DreamerV2's
         default) or to every sample before averaging (False).
+      mean: the batch mean under the free-bits max. The max is not linear, so
+        under data parallelism this must be the mean over the global batch
+        (`tempo.replicas.global_mean`), not a replica's own mean.
     """
     if weights is not None:
         weights = tf.cast(weights, kl_train_prior.dtype)
@@ -32,8 +38,8 @@ def balanced_kl(
         kl_train_post = weights * kl_train_post
     free = tf.cast(free, kl_train_prior.dtype)
     if free_avg:
-        prior_term = tf.maximum(tf.reduce_mean(kl_train_prior), free)
-        post_term = tf.maximum(tf.reduce_mean(kl_train_post), free)
+        prior_term = tf.maximum(mean(kl_train_prior), free)
+        post_term = tf.maximum(mean(kl_train_post), free)
     else:
         prior_term = tf.reduce_mean(tf.maximum(kl_train_prior, free))
         post_term = tf.reduce_mean(tf.maximum(kl_train_post, free))

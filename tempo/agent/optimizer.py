@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
+from tempo import replicas
+
 
 class Optimizer(tf.Module):
     """Clips gradients by their global norm, decays weights by (1 - wd), then
@@ -40,12 +42,27 @@ class Optimizer(tf.Module):
         return list(self.adam.variables)
 
     def apply(self, grads: Sequence[tf.Tensor], variables: Sequence[tf.Variable]) -> tf.Tensor:
+        """One step with gradients that are already those of the whole batch: under
+        `tf.distribute` the caller all-reduces them first (clipping is not linear),
+        so Adam's own cross-replica sum is skipped."""
         grads = [tf.convert_to_tensor(g) for g in grads]
         norm = tf.linalg.global_norm(grads)
         if self.clip:
             grads, _ = tf.clip_by_global_norm(grads, self.clip, use_norm=norm)
         if self.wd:
+            self._decay(variables)
+        self.adam.apply_gradients(zip(grads, variables), skip_gradients_aggregation=True)
+        return norm
+
+    def _decay(self, variables: Sequence[tf.Variable]) -> None:
+        ctx = replicas.context()
+        if ctx is None:
             for var in variables:
                 var.assign((1 - self.wd) * var)
-        self.adam.apply_gradients(zip(grads, variables))
-        return norm
+            return
+
+        def decay_all(strategy):  # mirrored variables are written from cross-replica context
+            for var in variables:
+                strategy.extended.update(var, lambda v: v.assign((1 - self.wd) * v), group=False)
+
+        ctx.merge_call(decay_all)

@@ -6,7 +6,9 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
+from tempo import replicas
 from tempo.agent.kl import balanced_kl
+from tempo.networks import distributions as dists
 from tempo.networks.decoder import Decoder
 from tempo.networks.encoder import Encoder
 from tempo.networks.heads import DistHead
@@ -34,8 +36,9 @@ class WorldModel(tf.keras.Model):
         kl_free_avg: bool = True,
         grad_heads: tuple[str, ...] = ("decoder", "reward", "discount"),
         name: str = "world_model",
+        dtype: str | tf.keras.mixed_precision.Policy | None = None,
     ):
-        super().__init__(name=name)
+        super().__init__(name=name, dtype=dtype)
         if reward_transform not in REWARD_TRANSFORMS:
             raise ValueError(
                 f"Unknown reward_transform {reward_transform!r}; "
@@ -111,12 +114,14 @@ class WorldModel(tf.keras.Model):
         """Per-sample [B, T] log-likelihood of every predicted quantity."""
         feat = self.rssm.get_feat(post)
         feat_for = lambda head: feat if head in self.grad_heads else tf.stop_gradient(feat)
+        target = dists.to_distribution_dtype  # 16-bit targets: float32 like the distributions
         likes = {}
         for key, dist in self.decoder(feat_for("decoder")).items():
-            likes[key] = dist.log_prob(data[key])
-        likes["reward"] = self.reward_head(feat_for("reward")).log_prob(data["reward"])
+            likes[key] = dist.log_prob(target(data[key]))
+        likes["reward"] = self.reward_head(feat_for("reward")).log_prob(target(data["reward"]))
         if self.discount_head is not None:
-            likes["discount"] = self.discount_head(feat_for("discount")).log_prob(data["discount"])
+            disc = target(data["discount"])
+            likes["discount"] = self.discount_head(feat_for("discount")).log_prob(disc)
         return likes
 
     def kl_terms(self, post: State, prior: State) -> tuple[tf.Tensor, tf.Tensor]:
@@ -187,7 +192,7 @@ class WorldModel(tf.keras.Model):
         seq["feat"], seq["action"] = [feat], [action]
         for step_seed in split_seed(seed, horizon):
             act_seed, img_seed = split_seed(step_seed, 2)
-            action = policy(tf.stop_gradient(feat)).sample(seed=act_seed)
+            action = replicas.sample(policy(tf.stop_gradient(feat)), act_seed)
             state = self.rssm.img_step(state, action, img_seed)
             feat = self.rssm.get_feat(state)
             for key, value in state.items():
@@ -222,7 +227,9 @@ def weighted_model_loss(
     for key, like in likes.items():
         w = 1.0 if weights is None else tf.cast(weights, like.dtype)
         losses[key] = -tf.reduce_mean(w * like)
-    losses["kl"] = balanced_kl(kls[0], kls[1], weights, kl_balance, kl_free, kl_free_avg)
+    losses["kl"] = balanced_kl(
+        kls[0], kls[1], weights, kl_balance, kl_free, kl_free_avg, mean=replicas.global_mean
+    )
     total = tf.add_n(
         [loss_scales.get(k, 1.0) * tf.cast(v, losses["kl"].dtype) for k, v in losses.items()]
     )

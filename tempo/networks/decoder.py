@@ -33,15 +33,18 @@ class Decoder(tf.keras.Model):
         cnn_kernels: tuple[int, ...] = (5, 5, 6, 6),
         mlp_layers: tuple[int, ...] = (400, 400, 400, 400),
         name: str = "decoder",
+        dtype: str | tf.keras.mixed_precision.Policy | None = None,
     ):
-        super().__init__(name=name)
+        super().__init__(name=name, dtype=dtype)
         self.shapes = {k: tuple(v) for k, v in shapes.items()}
         self.cnn_keys, self.mlp_keys = select_keys(self.shapes, cnn_keys, mlp_keys)
         self._act = activation(act)
         self._cnn_depth = cnn_depth
         self._channels = {k: self.shapes[k][-1] for k in self.cnn_keys}
         if self.cnn_keys:
-            self._convin = tf.keras.layers.Dense(32 * cnn_depth, name="convin")
+            self._convin = tf.keras.layers.Dense(
+                32 * cnn_depth, name="convin", dtype=self.dtype_policy
+            )
             self._deconvs, self._deconv_norms = [], []
             last = len(cnn_kernels) - 1
             for i, kernel in enumerate(cnn_kernels):
@@ -49,13 +52,18 @@ class Decoder(tf.keras.Model):
                     sum(self._channels.values()) if i == last else 2 ** (last - i - 1) * cnn_depth
                 )
                 self._deconvs.append(
-                    tf.keras.layers.Conv2DTranspose(depth, kernel, 2, name=f"conv{i}")
+                    tf.keras.layers.Conv2DTranspose(
+                        depth, kernel, 2, name=f"conv{i}", dtype=self.dtype_policy
+                    )
                 )
-                self._deconv_norms.append(None if i == last else norm_layer(norm, f"convnorm{i}"))
+                self._deconv_norms.append(
+                    None if i == last else norm_layer(norm, f"convnorm{i}", dtype=self.dtype_policy)
+                )
         if self.mlp_keys:
-            self._mlp = mlp_from_widths(mlp_layers, act, norm)
+            self._mlp = mlp_from_widths(mlp_layers, act, norm, dtype=self.dtype_policy)
             self._mlp_out = {
-                k: DistLayer(self.shapes[k], "mse", name=f"out_{k}") for k in self.mlp_keys
+                k: DistLayer(self.shapes[k], "mse", name=f"out_{k}", dtype=self.dtype_policy)
+                for k in self.mlp_keys
             }
 
     def call(self, features: tf.Tensor, training: bool | None = None) -> dict:

@@ -102,7 +102,7 @@ class ClippedTruncatedNormal(tfd.TruncatedNormal):
         clip=1e-6,
     ):
         super().__init__(loc, scale, low, high, validate_args, allow_nan_stats, name)
-        self._clip = clip
+        self.clip = clip
 
     @classmethod
     def _parameter_properties(cls, dtype, num_classes=None):
@@ -110,7 +110,7 @@ class ClippedTruncatedNormal(tfd.TruncatedNormal):
 
     def sample(self, sample_shape=(), seed=None, **kwargs) -> tf.Tensor:
         sample = super().sample(sample_shape, seed=seed, **kwargs)
-        clipped = tf.clip_by_value(sample, self.low + self._clip, self.high - self._clip)
+        clipped = tf.clip_by_value(sample, self.low + self.clip, self.high - self.clip)
         return sample + tf.stop_gradient(clipped - sample)
 
     def mode(self) -> tf.Tensor:

@@ -47,19 +47,25 @@ class Encoder(tf.keras.Model):
         cnn_kernels: tuple[int, ...] = (4, 4, 4, 4),
         mlp_layers: tuple[int, ...] = (400, 400, 400, 400),
         name: str = "encoder",
+        dtype: str | tf.keras.mixed_precision.Policy | None = None,
     ):
-        super().__init__(name=name)
+        super().__init__(name=name, dtype=dtype)
         self.shapes = {k: tuple(v) for k, v in shapes.items()}
         self.cnn_keys, self.mlp_keys = select_keys(self.shapes, cnn_keys, mlp_keys)
         self._act = activation(act)
         self._convs = [
-            tf.keras.layers.Conv2D(2**i * cnn_depth, kernel, 2, name=f"conv{i}")
+            tf.keras.layers.Conv2D(
+                2**i * cnn_depth, kernel, 2, name=f"conv{i}", dtype=self.dtype_policy
+            )
             for i, kernel in enumerate(cnn_kernels)
         ]
-        self._conv_norms = [norm_layer(norm, f"convnorm{i}") for i in range(len(cnn_kernels))]
+        self._conv_norms = [
+            norm_layer(norm, f"convnorm{i}", dtype=self.dtype_policy)
+            for i in range(len(cnn_kernels))
+        ]
         self._mlp = None
         if self.mlp_keys:
-            self._mlp = mlp_from_widths(mlp_layers, act, norm)
+            self._mlp = mlp_from_widths(mlp_layers, act, norm, dtype=self.dtype_policy)
 
     def call(self, obs: dict[str, tf.Tensor], training: bool | None = None) -> tf.Tensor:
         outputs = []

@@ -35,10 +35,10 @@ class DistLayer(tf.keras.layers.Layer):
         self._min_std = min_std
         self._init_std = init_std
         size = int(np.prod(self._shape))
-        self._out = tf.keras.layers.Dense(size, name="out")
+        self._out = tf.keras.layers.Dense(size, name="out", dtype=self.dtype_policy)
         self._std = None
         if dist in ("normal", "trunc_normal"):
-            self._std = tf.keras.layers.Dense(size, name="std")
+            self._std = tf.keras.layers.Dense(size, name="std", dtype=self.dtype_policy)
 
     def call(self, x: tf.Tensor):
         lead = x.shape[:-1].as_list() if x.shape[:-1].is_fully_defined() else None
@@ -78,10 +78,11 @@ class DistHead(tf.keras.Model):
         norm: str = "none",
         min_std: float = 0.1,
         name: str = "head",
+        dtype: str | tf.keras.mixed_precision.Policy | None = None,
     ):
-        super().__init__(name=name)
-        self.mlp = MLP(layers, units, act, norm, name="mlp")
-        self.dist = DistLayer(shape, dist, min_std=min_std, name="dist")
+        super().__init__(name=name, dtype=dtype)
+        self.mlp = MLP(layers, units, act, norm, name="mlp", dtype=self.dtype_policy)
+        self.dist = DistLayer(shape, dist, min_std=min_std, name="dist", dtype=self.dtype_policy)
 
     def call(self, features: tf.Tensor, training: bool | None = None):
         return self.dist(self.mlp(features, training=training))
@@ -101,6 +102,7 @@ class Actor(DistHead):
         norm: str = "none",
         min_std: float = 0.1,
         name: str = "actor",
+        dtype: str | tf.keras.mixed_precision.Policy | None = None,
     ):
         super().__init__(
             (action_size,),
@@ -111,6 +113,7 @@ class Actor(DistHead):
             norm,
             min_std,
             name=name,
+            dtype=dtype,
         )
         self.action_size = action_size
         self.discrete = discrete

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from tempo.networks.batch_norm import GlobalBatchNormalization
 from tempo.networks.mlp import MLP
 
 
@@ -27,15 +28,22 @@ class MetaWeighter(tf.keras.Model):
         low: float = 0.75,
         high: float = 1.25,
         name: str = "meta_weighter",
+        dtype: str | tf.keras.mixed_precision.Policy | None = None,
     ):
-        super().__init__(name=name)
+        super().__init__(name=name, dtype=dtype)
         if not low < high:
             raise ValueError(f"MetaWeighter needs low < high, got low={low}, high={high}.")
         self.low, self.high = low, high
-        self.mlp = MLP(layers, units, act, norm, name="mlp")
-        self.out = tf.keras.layers.Dense(1, name="out")
-        self.value_norm = tf.keras.layers.BatchNormalization(
-            momentum=0.9, center=False, scale=False, name="value_norm"
+        self.mlp = MLP(layers, units, act, norm, name="mlp", dtype=self.dtype_policy)
+        self.out = tf.keras.layers.Dense(1, name="out", dtype=self.dtype_policy)
+        # Never 16-bit (it feeds the upper loss): float32 under mixed precision.
+        mixed = self.dtype_policy.compute_dtype in ("float16", "bfloat16")
+        self.value_norm = GlobalBatchNormalization(
+            momentum=0.9,
+            center=False,
+            scale=False,
+            name="value_norm",
+            dtype="float32" if mixed else self.dtype_policy,
         )
 
     def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from tempo.networks.batch_norm import GlobalBatchNormalization
+
 NORMS = ("none", "layer", "batch")
 
 
@@ -20,7 +22,7 @@ def norm_layer(norm: str, name: str, **kwargs) -> tf.keras.layers.Layer | None:
     if norm == "layer":
         return tf.keras.layers.LayerNormalization(epsilon=1e-3, name=name, **kwargs)
     if norm == "batch":
-        return tf.keras.layers.BatchNormalization(name=name, **kwargs)
+        return GlobalBatchNormalization(name=name, **kwargs)
     raise ValueError(f"Unknown norm {norm!r}; choose one of {NORMS}.")
 
 
@@ -42,8 +44,13 @@ class MLP(tf.keras.layers.Layer):
     ):
         super().__init__(name=name, **kwargs)
         self._act = activation(act)
-        self._dense = [tf.keras.layers.Dense(units, name=f"dense{i}") for i in range(layers)]
-        self._norms = [norm_layer(norm, name=f"norm{i}") for i in range(layers)]
+        self._dense = [
+            tf.keras.layers.Dense(units, name=f"dense{i}", dtype=self.dtype_policy)
+            for i in range(layers)
+        ]
+        self._norms = [
+            norm_layer(norm, name=f"norm{i}", dtype=self.dtype_policy) for i in range(layers)
+        ]
 
     def call(self, x: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         lead = leading_shape(x, 1)
@@ -56,11 +63,13 @@ class MLP(tf.keras.layers.Layer):
         return restore_leading(x, lead)
 
 
-def mlp_from_widths(widths: tuple[int, ...], act: str, norm: str, name: str = "mlp") -> MLP:
+def mlp_from_widths(
+    widths: tuple[int, ...], act: str, norm: str, name: str = "mlp", **kwargs
+) -> MLP:
     """An MLP from DreamerV2's per-layer width list (all widths must be equal)."""
     if not widths or len(set(widths)) > 1:
         raise ValueError(f"mlp_layers must be a non-empty list of one width, got {widths}.")
-    return MLP(len(widths), widths[0], act, norm, name=name)
+    return MLP(len(widths), widths[0], act, norm, name=name, **kwargs)
 
 
 def leading_shape(x: tf.Tensor, event_dims: int):

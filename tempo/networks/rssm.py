@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from tempo import replicas
 from tempo.networks import distributions as dists
 from tempo.networks.mlp import activation, norm_layer
 
@@ -38,8 +39,12 @@ class LayerNormGRUCell(tf.keras.layers.Layer):
         self._act = activation(act)
         self._update_bias = update_bias
         # DreamerV2 keeps the dense bias even though layer norm follows it.
-        self._layer = tf.keras.layers.Dense(3 * size, use_bias=True, name="dense")
-        self._norm = tf.keras.layers.LayerNormalization(epsilon=1e-3, name="norm")
+        self._layer = tf.keras.layers.Dense(
+            3 * size, use_bias=True, name="dense", dtype=self.dtype_policy
+        )
+        self._norm = tf.keras.layers.LayerNormalization(
+            epsilon=1e-3, name="norm", dtype=self.dtype_policy
+        )
 
     def call(self, inputs: tf.Tensor, state: tf.Tensor) -> tf.Tensor:
         parts = self._norm(self._layer(tf.concat([inputs, state], -1)))
@@ -66,8 +71,9 @@ class RSSM(tf.keras.Model):
         std_act: str = "sigmoid2",
         min_std: float = 0.1,
         name: str = "rssm",
+        dtype: str | tf.keras.mixed_precision.Policy | None = None,
     ):
-        super().__init__(name=name)
+        super().__init__(name=name, dtype=dtype)
         if std_act not in ("softplus", "sigmoid", "sigmoid2"):
             raise ValueError(f"Unknown std_act {std_act!r}; use softplus, sigmoid or sigmoid2.")
         self.action_size = action_size
@@ -76,15 +82,15 @@ class RSSM(tf.keras.Model):
         self._std_act = std_act
         self._min_std = min_std
         stats_size = stoch * discrete if discrete else 2 * stoch
-        self._img_in = tf.keras.layers.Dense(hidden, name="img_in")
-        self._img_in_norm = norm_layer(norm, "img_in_norm")
-        self._cell = LayerNormGRUCell(deter, name="gru")
-        self._img_out = tf.keras.layers.Dense(hidden, name="img_out")
-        self._img_out_norm = norm_layer(norm, "img_out_norm")
-        self._img_dist = tf.keras.layers.Dense(stats_size, name="img_dist")
-        self._obs_out = tf.keras.layers.Dense(hidden, name="obs_out")
-        self._obs_out_norm = norm_layer(norm, "obs_out_norm")
-        self._obs_dist = tf.keras.layers.Dense(stats_size, name="obs_dist")
+        self._img_in = tf.keras.layers.Dense(hidden, name="img_in", dtype=self.dtype_policy)
+        self._img_in_norm = norm_layer(norm, "img_in_norm", dtype=self.dtype_policy)
+        self._cell = LayerNormGRUCell(deter, name="gru", dtype=self.dtype_policy)
+        self._img_out = tf.keras.layers.Dense(hidden, name="img_out", dtype=self.dtype_policy)
+        self._img_out_norm = norm_layer(norm, "img_out_norm", dtype=self.dtype_policy)
+        self._img_dist = tf.keras.layers.Dense(stats_size, name="img_dist", dtype=self.dtype_policy)
+        self._obs_out = tf.keras.layers.Dense(hidden, name="obs_out", dtype=self.dtype_policy)
+        self._obs_out_norm = norm_layer(norm, "obs_out_norm", dtype=self.dtype_policy)
+        self._obs_dist = tf.keras.layers.Dense(stats_size, name="obs_dist", dtype=self.dtype_policy)
 
     # ----- state helpers -------------------------------------------------
     @property
@@ -205,7 +211,7 @@ class RSSM(tf.keras.Model):
     def _with_sample(self, stats: State, deter, seed, sample: bool) -> State:
         dist = self.get_dist(stats)
         if sample:
-            stoch = dist.sample(seed=seed)
+            stoch = replicas.sample(dist, seed)
         else:
             stoch = dist.mode()
         return {"stoch": tf.cast(stoch, self.compute_dtype), "deter": deter, **stats}

@@ -1,0 +1,77 @@
+"""Data parallelism: one update under MirroredStrategy over two logical CPUs
+equals the single-device update on the same global batch; the run loop trains
+under it and its checkpoint restores into a single-device agent.
+
+The check runs in a fresh process (tests/mirrored_update.py) because the CPU
+must be split into logical devices before TensorFlow initializes them.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tempo.strategy import make_strategy
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# Differences are |a - b| / max(1, |a|). float32 on different shard sizes sums in
+# a different order: ~1e-7 relative per op, ~1e-6 after two updates. A wrong
+# reduction (local KL mean under free bits, local batch-norm statistics,
+# per-shard noise, summed instead of averaged gradients) moves losses and
+# gradient norms by far more than 1e-5, and weights by up to a step (1e-4).
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def result():
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
+    script = os.path.join(HERE, "mirrored_update.py")
+    proc = subprocess.run(
+        [sys.executable, script, "tempo,dreamerv2,run", "2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("sampler", ["onehot", "normal", "trunc_normal"])
+def test_per_replica_draws_are_slices_of_the_whole_batch_draw(result, sampler):
+    draws = result["sampling"][sampler]
+    assert draws["exact"] <= 1e-6, draws
+    assert draws["naive"] > 0.1, draws  # the same seed per shard is not the same noise
+
+
+@pytest.mark.parametrize("mode", ["tempo", "dreamerv2"])
+def test_mirrored_updates_equal_single_device_updates(result, mode):
+    first, second = result[mode]
+    print(mode, first, second)
+    for run in (first, second):
+        assert run["keys_equal"] and run["variables_equal_names"]
+        assert run["skipped"] == 0.0
+        assert run["num_values"] > 200 and run["moving_stats_checked"] == 6
+    assert first["metrics"] <= TOLERANCE, (first["worst_metric"], first["metrics"])
+    assert first["state"] <= TOLERANCE
+    assert first["variables"] <= TOLERANCE, (first["worst_variable"], first["variables"])
+    # The second update starts from weights that already differ by rounding (and
+    # Adam's first steps amplify that): the same checks, 10x looser.
+    assert second["metrics"] <= 10 * TOLERANCE, (second["worst_metric"], second["metrics"])
+    assert second["state"] <= 10 * TOLERANCE
+    assert second["variables"] <= 10 * TOLERANCE, (second["worst_variable"], second["variables"])
+
+
+def test_run_loop_under_mirrored_strategy_checkpoints_for_a_single_device_agent(result):
+    run = result["run"]
+    assert run["updates"] == 4 and run["restored_step"] == 4, run
+    assert run["finite_losses"] and run["exported"], run
+    assert run["return"] >= 1.0, run
+
+
+def test_strategy_names():
+    assert make_strategy("default") is None
+    with pytest.raises(ValueError, match="Unknown strategy"):
+        make_strategy("tpu")
