@@ -101,3 +101,14 @@ def test_normalize_action_maps_the_unit_box_linearly_onto_the_bounds(bounds, dat
     env.step(-np.ones(len(low)))
     env.step(np.ones(len(low)))
     np.testing.assert_allclose(inner.actions[-2:], [low, high], rtol=1e-6, atol=1e-5)
+
+
+def test_normalize_action_stays_inside_lopsided_bounds():
+    # Found by the property above: +1 mapped onto [-1, -1.2e-38] rounded to 0.0.
+    low, high = np.float32(-1.0), np.float32(-1.1754943508222875e-38)
+    inner = Counter(action_space=gymnasium.spaces.Box(low, high, (1,), np.float32))
+    env = NormalizeAction(inner)
+    env.reset()
+    env.step(np.ones(1))
+    env.step(-np.ones(1))
+    assert inner.actions[0][0] == high and inner.actions[1][0] == low

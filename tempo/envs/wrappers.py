@@ -388,5 +388,8 @@ class NormalizeAction(Wrapper):
             raise ValueError(f"action contains NaN or inf: {action}")
         clipped = np.clip(action, -1.0, 1.0)
         scaled = self._low + (clipped + 1.0) / 2.0 * (self._high - self._low)
+        # Rounding can land a hair outside very narrow or lopsided bounds (low=-1,
+        # high=-1e-38 maps +1 to 0.0); simulators may reject that, so clip again.
+        scaled = np.clip(scaled, self._low, self._high)
         native = np.where(self._mask, scaled, action).astype(self._dtype)
         return self.env.step(native)
