@@ -43,8 +43,10 @@ $(STAMP): setup.cfg pyproject.toml
 train: setup
 	$(PY) -m launch.train --logdir $(LOGDIR) $(TRAIN_ARGS)
 
+# Two pytest workers: most of the suite is single-threaded tracing and subprocess
+# start-up, so two workers halve the wall time on two cores.
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 test-all: setup
 	$(PY) -m pytest -q -m ""
