@@ -338,7 +338,7 @@ def file_bytes(directory):
     return {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()}
 
 
-@pytest.mark.parametrize("at", ["periodic", "final"])
+@pytest.mark.parametrize("at", ["periodic", pytest.param("final", marks=pytest.mark.slow)])
 def test_failing_checkpoint_write_stops_the_run_with_earlier_checkpoints_intact(
     tmp_path, monkeypatch, at
 ):
@@ -473,7 +473,11 @@ def latest_step(logdir) -> int:
 
 @pytest.mark.parametrize(
     "point, after",
-    [("checkpoint", 1), ("checkpoint_partial", 1), ("episode", 4)],
+    [
+        pytest.param("checkpoint", 1, marks=pytest.mark.slow),
+        ("checkpoint_partial", 1),
+        pytest.param("episode", 4, marks=pytest.mark.slow),  # atomic writes: test_replay too
+    ],
 )
 def test_sigkill_inside_a_write_loses_only_work_since_the_last_checkpoint(tmp_path, point, after):
     logdir = tmp_path / point
