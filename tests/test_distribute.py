@@ -15,9 +15,6 @@ import pytest
 
 from tempo.strategy import make_strategy
 
-# One expensive module fixture: keep these tests on one xdist worker.
-pytestmark = pytest.mark.xdist_group("distribute")
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Differences are |a - b| / max(1, |a|). float32 on different shard sizes sums in
 # a different order: ~1e-7 relative per op, ~1e-6 after two updates. A wrong

@@ -11,9 +11,6 @@ import textwrap
 import numpy as np
 import pytest
 
-# One expensive module fixture: keep these tests on one xdist worker.
-pytestmark = pytest.mark.xdist_group("onednn")
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = textwrap.dedent(
     """

@@ -5,9 +5,6 @@ import pytest
 import tensorflow as tf
 from support import random_batch, tiny_trainer
 
-# One expensive module fixture: keep these tests on one xdist worker.
-pytestmark = pytest.mark.xdist_group("precision")
-
 SHAPES = {"image": (64, 64, 1), "vector": (3,)}
 # bfloat16 keeps 8 significant bits (relative rounding 2^-9 = 0.2% per op); a
 # dozen layers forward accumulate ~1%, so losses get 5%. Gradients go through
