@@ -147,6 +147,21 @@ class MetricsAccumulator:
 # ----- outputs -------------------------------------------------------------------
 
 
+def read_records(path: str | os.PathLike) -> list[dict]:
+    """The records of a metrics.jsonl file, oldest first; an undecodable line (the
+    torn last line of a killed write) is skipped, a missing file is no records."""
+    path = pathlib.Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
 class JSONLOutput:
     """Appends one JSON line per write and flushes it, so a killed run keeps every
     line written and a resumed run continues the same file. Non-finite values are

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import ast
 import csv
-import json
 import os
 import pathlib
 import re
 from collections import defaultdict
 
 import numpy as np
+
+from tempo.logging import read_records
 
 _BINDING = re.compile(r"^\s*([\w./]+)\s*=\s*(.+?)\s*$")
 
@@ -46,8 +47,7 @@ def load_run(logdir: str | os.PathLike, metric: str = "eval/return") -> dict:
         )
     bindings = read_bindings(config)
     steps, values, times = [], [], []
-    for line in metrics.read_text().splitlines():
-        record = json.loads(line)
+    for record in read_records(metrics):
         times.append(record.get("time", 0.0))
         if record.get(metric) is not None:
             steps.append(int(record["step"]))

@@ -23,7 +23,7 @@ from tempo.driver import Driver
 from tempo.envs import DEFAULT_ACTION_REPEAT, EnvWorkerError, make_batch_env
 from tempo.errors import CheckpointWriteError, ConfigError, NonFiniteError
 from tempo.evaluation import RESERVED, run_episodes
-from tempo.logging import FPS, Logger, MetricsAccumulator
+from tempo.logging import FPS, Logger, MetricsAccumulator, read_records
 from tempo.replay import Replay
 
 
@@ -199,7 +199,13 @@ def train(
 
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     frame0 = int(agent_steps) * repeat
-    last = {"eval": -1, "video": -1, "log": frame0, "ckpt": frame0}
+    # A resumed run does not evaluate again in the eval_every period it last evaluated in.
+    last = {
+        "eval": last_eval_period(logdir, eval_every),
+        "video": -1,
+        "log": frame0,
+        "ckpt": frame0,
+    }
     image_keys = trainer.world_model.decoder.cnn_keys
     video_fn = tf.function(trainer.world_model.video_prediction)
     eval_return = None
@@ -214,6 +220,7 @@ def train(
             if eval_every and frame // eval_every != last["eval"]:
                 last["eval"] = frame // eval_every
                 eval_return = evaluate(eval_env, agent, eval_episodes, logger)
+                logger.write(frame)  # at the frame it evaluated, so curves share a grid
             todo = min(train_every, total_agent_steps - int(agent_steps))
             fps.update(driver.run(acting_policy, steps=todo) * repeat)
             for _ in range(train_steps):
@@ -282,6 +289,12 @@ def evaluate(env, agent: Agent, episodes: int, logger: Logger) -> float:
     returns, lengths = run_episodes(env, policy, episodes, agent.action_size)
     logger.scalars({"return": np.mean(returns), "length": np.mean(lengths)}, prefix="eval")
     return float(np.mean(returns))
+
+
+def last_eval_period(logdir: pathlib.Path, eval_every: int) -> int:
+    """`step // eval_every` of the last evaluation in logdir's metrics.jsonl, -1 if none."""
+    steps = [r["step"] for r in read_records(logdir / "metrics.jsonl") if "eval/return" in r]
+    return max(steps) // eval_every if steps and eval_every else -1
 
 
 def write_logs(logger, metrics, fps, ups, replay, trainer, frame, total_frames) -> None:

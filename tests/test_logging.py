@@ -19,6 +19,7 @@ from tempo.logging import (
     eta_seconds,
     format_duration,
     format_value,
+    read_records,
 )
 
 
@@ -74,6 +75,18 @@ def test_jsonl_appends_across_loggers_like_a_resumed_run(tmp_path):
         (1, 1.0),
         (2, 2.0),
     ]
+
+
+def test_read_records_skips_a_torn_last_line_and_a_missing_file(tmp_path):
+    logger = Logger(tmp_path, [JSONLOutput(tmp_path)])
+    for step in (10, 20):
+        logger.scalar("a", float(step))
+        logger.write(step)
+    path = tmp_path / "metrics.jsonl"
+    with open(path, "a") as f:
+        f.write('{"step": 30, "a": 3')  # a write killed halfway
+    assert [(r["step"], r["a"]) for r in read_records(path)] == [(10, 10.0), (20, 20.0)]
+    assert read_records(tmp_path / "absent.jsonl") == []
 
 
 def test_nonfinite_values_become_null_and_are_listed_without_crashing(tmp_path, capsys):

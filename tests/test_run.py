@@ -277,6 +277,20 @@ def tiny_run(logdir, task, **overrides):
     return train(logdir, task=task, **{**settings, **overrides})
 
 
+def test_evaluations_land_at_their_frame_once_per_period_across_a_resume(tmp_path):
+    """eval_every 50 with updates every 5 frames: each period is evaluated once, at
+    its first loop iteration, also when a run stops inside a period and resumes."""
+    from tempo.logging import read_records
+
+    logdir = tmp_path / "evals"
+    settings = dict(eval_every=50, eval_episodes=1, log_every=1000)
+    assert tiny_run(logdir, "gym_CartPole-v1", steps=130, **settings)["step"] == 130
+    tiny_run(logdir, "gym_CartPole-v1", steps=260, **settings)
+    steps = [r["step"] for r in read_records(logdir / "metrics.jsonl") if "eval/return" in r]
+    assert [s // 50 for s in steps] == [0, 1, 2, 3, 4, 5]
+    assert all(s % 50 < 5 for s in steps[1:])  # not at the next log write
+
+
 def test_consecutive_non_finite_updates_stop_the_run_and_keep_the_last_checkpoint(tmp_path):
     """In process: an environment whose rewards are NaN makes every update non-finite."""
     import gymnasium
