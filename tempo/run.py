@@ -93,15 +93,20 @@ def train(
     except (ValueError, KeyError, EnvWorkerError) as error:
         cause = error.__cause__ if isinstance(error, EnvWorkerError) else None
         raise ConfigError(f"Cannot make task {task!r}: {first_line(cause or error)}") from error
-    eval_env = make_batch_env(task, 1, seed=seed + 10_000, parallel=False, **env_kwargs)
-    obs_shapes = {k: tuple(s.shape) for k, s in env.obs_space.items() if k not in RESERVED}
-    action_size = int(env.act_space.shape[0])
-    try:
+    eval_env = None
+    try:  # the env's worker processes must not outlive a failure to build the rest
+        eval_env = make_batch_env(task, 1, seed=seed + 10_000, parallel=False, **env_kwargs)
+        obs_shapes = {k: tuple(s.shape) for k, s in env.obs_space.items() if k not in RESERVED}
+        action_size = int(env.act_space.shape[0])
         trainer = trainer_fn(obs_shapes, action_size, env.discrete, seed=seed)
-    except (ValueError, TypeError) as error:
+    except BaseException as error:
         env.close()
-        eval_env.close()
-        raise ConfigError(f"Cannot build the agent for {task!r}: {first_line(error)}") from error
+        if eval_env is not None:
+            eval_env.close()
+        if isinstance(error, (ValueError, TypeError)):
+            message = f"Cannot build the agent for {task!r}: {first_line(error)}"
+            raise ConfigError(message) from error
+        raise
 
     # Under a strategy each worker samples its share of the global batch from its
     # own replay (worker w seeds it with seed + w) and splits it over its replicas.

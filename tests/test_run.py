@@ -291,6 +291,27 @@ def test_evaluations_land_at_their_frame_once_per_period_across_a_resume(tmp_pat
     assert all(s % 50 < 5 for s in steps[1:])  # not at the next log write
 
 
+def test_a_failing_agent_build_leaves_no_env_worker_process(tmp_path):
+    import multiprocessing
+
+    def broken_trainer(shapes, size, discrete, seed):
+        raise RuntimeError("out of memory while building")
+
+    before = set(multiprocessing.active_children())
+    # The traceback keeps train()'s frame alive (as a launcher printing it does),
+    # so the workers must have been closed, not merely garbage collected.
+    with pytest.raises(RuntimeError, match="out of memory") as info:
+        tiny_run(
+            tmp_path / "x",
+            "gym_CartPole-v1",
+            num_envs=2,
+            parallel_envs=True,
+            trainer_fn=broken_trainer,
+        )
+    assert info.traceback and set(multiprocessing.active_children()) - before == set()
+    assert not (tmp_path / "x").exists()
+
+
 def test_consecutive_non_finite_updates_stop_the_run_and_keep_the_last_checkpoint(tmp_path):
     """In process: an environment whose rewards are NaN makes every update non-finite."""
     import gymnasium
