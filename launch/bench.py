@@ -55,6 +55,13 @@ flags.DEFINE_list(
 )
 flags.DEFINE_string("loop_task", "dmc_cartpole_swingup", "Task of the whole-loop runs (pixels).")
 flags.DEFINE_integer("loop_frames", 3000, "Env frames per whole-loop run.")
+flags.DEFINE_bool(
+    "parts",
+    False,
+    "Also time the parts of an update separately (median of --iters each): the "
+    "world-model losses forward, the model gradients (TEMPO: lower and upper "
+    "gradients and hypergradient) and the behaviour gradients.",
+)
 flags.DEFINE_string("_case", None, "Internal: run one 'config:mode' case and print JSON.")
 FLAGS = flags.FLAGS
 
@@ -93,6 +100,8 @@ def run_case(config: str, mode: str) -> dict:
     gflop = count_gflop(trainer, batch, state)
     median = float(np.median(times))
     policy = policy_latency(trainer, shapes, action_size, discrete)
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    parts = time_parts(trainer, batch, state) if FLAGS.parts else None
     return {
         "config": config,
         "mode": mode,
@@ -106,10 +115,41 @@ def run_case(config: str, mode: str) -> dict:
         "updates_per_s": round(1 / median, 3),
         "gflop": None if gflop is None else round(gflop, 2),
         "gflop_per_s": None if gflop is None else round(gflop / median, 2),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": round(peak_rss_mb, 1),
         "policy_ms": policy,
         "params": trainer.parameter_counts(),
+        **({"parts_s": parts} if parts else {}),
     }
+
+
+def time_parts(trainer, batch, state) -> dict[str, float]:
+    """Median seconds of the update's parts, each compiled on its own (nothing is
+    applied): where an update's time goes, and what TEMPO adds to DreamerV2."""
+    import numpy as np
+    import tensorflow as tf
+
+    seed = tf.constant([3, 4], tf.int64)
+    data = trainer.world_model.preprocess(batch)
+    post = trainer.losses(data, state, seed)[2]["post"]
+    post = {k: tf.stop_gradient(v) for k, v in post.items()}
+    parts = {
+        "model_forward": lambda: trainer.losses(data, state, seed)[0],
+        "model_gradients": lambda: trainer._model_gradients(batch, state, seed)[0],
+        "behavior_gradients": lambda: trainer.behavior.gradients(
+            trainer.world_model, post, data["is_terminal"], seed
+        )[0],
+    }
+    medians = {}
+    for name, fn in parts.items():
+        compiled = tf.function(fn)
+        compiled()  # trace and compile
+        times = []
+        for _ in range(FLAGS.iters):
+            start = time.perf_counter()
+            tf.nest.map_structure(lambda t: t.numpy(), compiled())
+            times.append(time.perf_counter() - start)
+        medians[name] = round(float(np.median(times)), 4)
+    return medians
 
 
 def policy_latency(trainer, shapes, action_size, discrete, calls: int = 50) -> float:
@@ -213,6 +253,10 @@ def print_table(rows: list[dict]) -> None:
             ratio = modes["tempo"]["median_s"] / modes["dreamerv2"]["median_s"]
             print(f"{config}: TEMPO / DreamerV2 seconds per update = {ratio:.2f}")
     for r in rows:
+        if "parts_s" in r:
+            parts = ", ".join(f"{k} {v:.3f} s" for k, v in r["parts_s"].items())
+            print(f"{r['config']} {r['mode']} parts: {parts}")
+    for r in rows:
         if (
             r["mode"] == "tempo"
             or len({x["mode"] for x in rows if x["config"] == r["config"]}) == 1
@@ -225,7 +269,7 @@ def run_in_subprocess(config: str, mode: str) -> dict:
     cmd = [sys.executable, "-m", "launch.bench", f"--_case={config}:{mode}"]
     cmd += [f"--iters={FLAGS.iters}", f"--batch={FLAGS.batch}", f"--length={FLAGS.length}"]
     cmd += [f"--loop_task={FLAGS.loop_task}", f"--loop_frames={FLAGS.loop_frames}"]
-    cmd += [f"--gin_param={p}" for p in FLAGS.gin_param]
+    cmd += [f"--gin_param={p}" for p in FLAGS.gin_param] + [f"--parts={FLAGS.parts}"]
     out = subprocess.run(cmd, capture_output=True, text=True)
     lines = [x for x in out.stdout.splitlines() if x.startswith("BENCH_JSON ")]
     if out.returncode or not lines:

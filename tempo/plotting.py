@@ -38,7 +38,8 @@ def method_name(bindings: dict) -> str:
 
 
 def load_run(logdir: str | os.PathLike, metric: str = "eval/return") -> dict:
-    """{task, method, seed, steps, values, wall_s} of one run directory."""
+    """{task, method, seed, steps, values, wall_s} of one run directory (wall_s:
+    `training_seconds`)."""
     logdir = pathlib.Path(logdir)
     config, metrics = logdir / "config.gin", logdir / "metrics.jsonl"
     if not config.exists() or not metrics.exists():
@@ -46,9 +47,9 @@ def load_run(logdir: str | os.PathLike, metric: str = "eval/return") -> dict:
             f"{logdir} is not a tempo run directory (config.gin and metrics.jsonl needed)."
         )
     bindings = read_bindings(config)
-    steps, values, times = [], [], []
-    for record in read_records(metrics):
-        times.append(record.get("time", 0.0))
+    records = read_records(metrics)
+    steps, values = [], []
+    for record in records:
         if record.get(metric) is not None:
             steps.append(int(record["step"]))
             values.append(float(record[metric]))
@@ -59,8 +60,24 @@ def load_run(logdir: str | os.PathLike, metric: str = "eval/return") -> dict:
         "seed": int(bindings.get("train.seed", 0)),
         "steps": np.asarray(steps),
         "values": np.asarray(values),
-        "wall_s": (max(times) - min(times)) if times else 0.0,
+        "wall_s": training_seconds(records),
     }
+
+
+def training_seconds(records: list[dict]) -> float:
+    """Seconds the run spent training: the sum over log intervals of frames / fps.
+    Pauses between the sittings of a resumed run are not counted (the time stamps
+    would count them), nor is the run's first interval (random prefill,
+    pretraining, compilation), whose fps covers the loop's frames only."""
+    total, previous = 0.0, None
+    for record in records:
+        fps = record.get("fps")
+        if not fps:
+            continue
+        if previous is not None and record["step"] > previous:
+            total += (record["step"] - previous) / fps
+        previous = record["step"]
+    return total
 
 
 def aggregate(runs: list[dict]) -> dict[tuple[str, str], dict]:

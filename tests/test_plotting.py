@@ -16,7 +16,9 @@ def fake_run(root, name, bindings, points):
     logdir.mkdir()
     (logdir / "config.gin").write_text("".join(f"{k} = {v!r}\n" for k, v in bindings.items()))
     lines = [{"step": 500, "time": 0.0, "train/return": 1.0}]
-    lines += [{"step": s, "time": 60.0 * i, "eval/return": v} for i, (s, v) in enumerate(points, 1)]
+    for i, (step, value) in enumerate(points, 1):
+        lines.append({"step": step, "time": 60.0 * i, "eval/return": value})
+        lines.append({"step": step, "time": 60.0 * i, "fps": 10.0 * i})
     (logdir / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     return logdir
 
@@ -47,8 +49,20 @@ def test_aggregate_by_hand(runs):
     assert tempo["seeds"] == [0, 1] and tempo["final"] == 60.0
     # Trapezoid over [1000, 3000]: (15 + 20) / 2 * 1000 + (20 + 60) / 2 * 1000 = 57500 -> / 2000.
     assert tempo["auc"] == pytest.approx(28.75)
-    assert tempo["wall_s"] == 180.0
+    # frames / fps over the log intervals after the first: 1000 / 20 + 1000 / 30.
+    assert tempo["wall_s"] == pytest.approx(50.0 + 1000 / 30)
     assert curves[("dmc_cartpole_swingup", "dreamerv2")]["auc"] == pytest.approx(7.0)
+
+
+def test_training_seconds_skip_the_pause_between_sittings():
+    records = [
+        {"step": 3000, "time": 100.0, "fps": 5.0},  # first interval: prefill, compile
+        {"step": 4000, "time": 300.0, "fps": 5.0},
+        {"step": 4500, "time": 400.0, "fps": 5.0},  # stopped here
+        {"step": 4500, "time": 90000.0, "eval/return": 3.0},  # resumed a day later
+        {"step": 5500, "time": 90100.0, "fps": 10.0},
+    ]
+    assert plotting.training_seconds(records) == pytest.approx(200.0 + 100.0 + 100.0)
 
 
 def test_launcher_writes_png_and_csv(runs, tmp_path):

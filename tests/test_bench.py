@@ -1,0 +1,36 @@
+"""launch.bench on the small `cpu` config: the JSON keys the issue promises, the
+consistency of its numbers and the printed ratio (timings themselves are not
+asserted: the machine is noisy)."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+KEYS = {"config", "mode", "median_s", "min_s", "max_s", "compile_s", "peak_rss_mb", "gflop"}
+
+
+def test_bench_rows_parts_and_ratio(tmp_path):
+    path = tmp_path / "bench.jsonl"
+    cmd = [sys.executable, "-m", "launch.bench", "--configs=cpu", "--modes=tempo,dreamerv2"]
+    cmd += ["--iters=2", "--batch=2", "--length=4", "--parts", f"--json={path}"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(r["config"], r["mode"]) for r in rows] == [("cpu", "tempo"), ("cpu", "dreamerv2")]
+    tempo, dreamer = rows
+    for row in rows:
+        assert KEYS <= set(row)
+        assert 0 < row["min_s"] <= row["median_s"] <= row["max_s"]
+        assert row["updates_per_s"] == round(1 / row["median_s"], 3)
+        assert row["gflop"] > 0 and row["peak_rss_mb"] > 100 and row["policy_ms"] > 0
+        assert set(row["parts_s"]) == {"model_forward", "model_gradients", "behavior_gradients"}
+        assert all(v > 0 for v in row["parts_s"].values())
+    # Same networks in both modes; TEMPO does strictly more arithmetic.
+    assert tempo["params"] == dreamer["params"]
+    assert tempo["gflop"] > dreamer["gflop"]
+    ratio = tempo["median_s"] / dreamer["median_s"]
+    assert f"cpu: TEMPO / DreamerV2 seconds per update = {ratio:.2f}" in out.stdout
+    assert "cpu tempo parts: model_forward" in out.stdout
+    assert "Reproduce: python -m launch.bench --configs=cpu" in out.stdout
