@@ -35,6 +35,7 @@ def tiny_trainer(
     width=12,
     strategy=None,
     precision="float32",
+    unroll=True,
 ):
     head = dict(layers=1, units=width)
     return build_trainer(
@@ -45,7 +46,7 @@ def tiny_trainer(
         pred_discount=pred_discount,
         encoder=P(Encoder, cnn_depth=2, mlp_layers=(width, width)),
         decoder=P(Decoder, cnn_depth=2, mlp_layers=(width, width)),
-        rssm=P(RSSM, stoch=3, discrete=latent_classes, deter=width, hidden=width),
+        rssm=P(RSSM, stoch=3, discrete=latent_classes, deter=width, hidden=width, unroll=unroll),
         reward_head=P(DistHead, **head),
         discount_head=P(DistHead, **head),
         actor=P(Actor, **head),

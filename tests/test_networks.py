@@ -90,6 +90,35 @@ def test_is_first_resets_the_state():
         np.testing.assert_allclose(post[key], fresh[key], rtol=1e-6)
 
 
+@pytest.mark.parametrize("classes", [4, 0])
+def test_scanned_observe_equals_the_unrolled_loop_with_gradients(classes):
+    """Same samples (seeds), states and gradients, eagerly and compiled."""
+    rssm = RSSM(2, stoch=3, discrete=classes, deter=5, hidden=6)
+    embed = tf.random.normal([3, 6, 7], seed=1)
+    action = tf.random.normal([3, 6, 2], seed=2)
+    is_first = tf.constant([[True, False, False, True, False, False]] * 3)
+    carried = {k: v + 0.5 for k, v in rssm.initial(3).items()}
+
+    def run(unroll):
+        rssm.unroll = unroll
+        with tf.GradientTape() as tape:
+            post, prior = rssm.observe(embed, action, is_first, carried, tf.constant([4, 5]))
+            loss = tf.reduce_sum(rssm.get_feat(post) ** 2) + tf.reduce_sum(prior["deter"])
+        return post, prior, tape.gradient(loss, rssm.trainable_variables)
+
+    run(True)  # builds the variables
+    for fn in (run, tf.function(run)):
+        want, got = fn(True), fn(False)
+        # A variable the loss does not reach: None unrolled, zeros through the scan.
+        zero = lambda g, v: tf.zeros_like(v) if g is None else g
+        want, got = [
+            (*r[:2], [zero(g, v) for g, v in zip(r[2], rssm.variables)]) for r in (want, got)
+        ]
+        for a, b in zip(tf.nest.flatten(want), tf.nest.flatten(got)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        assert want[0]["stoch"].shape == ((3, 6, 3, classes) if classes else (3, 6, 3))
+
+
 @pytest.mark.parametrize("discrete", [True, False])
 def test_actor_samples_follow_the_action_convention(discrete):
     actor = Actor(4, discrete, layers=2, units=8)

@@ -98,6 +98,27 @@ def test_same_seed_same_batch_same_metrics(meta):
     assert runs[0] != runs[2]
 
 
+@pytest.mark.parametrize("meta,discrete", [(True, True), (False, False)])
+def test_scanned_loops_give_the_same_updates(meta, discrete):
+    """RSSM.unroll=False (tf.scan for observe and imagination) against the
+    unrolled loops: metrics and every variable after two updates, hypergradient
+    and (continuous actions) dynamics backpropagation included."""
+    data = random_batch(SHAPES, 3, discrete, batch=2, length=5)
+    results = []
+    for unroll in (True, False):
+        trainer = tiny_trainer(SHAPES, discrete=discrete, meta=meta, seed=3, unroll=unroll)
+        state = trainer.initial_state(2)
+        for _ in range(2):
+            state, metrics = trainer.train(data, state)
+        results.append((metrics, [v.numpy() for v in trainer.variables]))
+    (want, want_vars), (got, got_vars) = results
+    assert sorted(want) == sorted(got)
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=1e-6, err_msg=key)
+    for a, b in zip(want_vars, got_vars):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+
+
 def test_nonsense_settings_are_rejected():
     with pytest.raises(ValueError, match="hypergrad_sign"):
         tiny_trainer(SHAPES, sign="backwards")

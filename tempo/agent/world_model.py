@@ -12,7 +12,7 @@ from tempo.networks import distributions as dists
 from tempo.networks.decoder import Decoder
 from tempo.networks.encoder import Encoder
 from tempo.networks.heads import DistHead
-from tempo.networks.rssm import RSSM, State, split_seed
+from tempo.networks.rssm import RSSM, State, split_seed, step_seeds
 
 REWARD_TRANSFORMS = {"identity": tf.identity, "tanh": tf.tanh, "sign": tf.sign}
 
@@ -188,18 +188,31 @@ class WorldModel(tf.keras.Model):
         state = {k: flat(v) for k, v in start.items()}
         feat = self.rssm.get_feat(state)
         action = tf.zeros([tf.shape(feat)[0], self.rssm.action_size], feat.dtype)
-        seq = {k: [v] for k, v in state.items()}
-        seq["feat"], seq["action"] = [feat], [action]
-        for step_seed in split_seed(seed, horizon):
+
+        def step(carry, step_seed):
+            state, feat, _ = carry
             act_seed, img_seed = split_seed(step_seed, 2)
             action = replicas.sample(policy(tf.stop_gradient(feat)), act_seed)
             state = self.rssm.img_step(state, action, img_seed)
-            feat = self.rssm.get_feat(state)
-            for key, value in state.items():
-                seq[key].append(value)
-            seq["feat"].append(feat)
-            seq["action"].append(tf.cast(action, feat.dtype))
-        seq = {k: tf.stack(v, 0) for k, v in seq.items()}
+            return state, self.rssm.get_feat(state), tf.cast(action, feat.dtype)
+
+        first = (state, feat, action)
+        if self.rssm.loops_unrolled():
+            steps = [first]
+            for step_seed in split_seed(seed, horizon):
+                steps.append(step(steps[-1], step_seed))
+            states, feats, actions = [
+                tf.nest.map_structure(lambda *x: tf.stack(x, 0), *part) for part in zip(*steps)
+            ]
+        else:
+            seeds = None if seed is None else step_seeds(seed, horizon)
+            elems = tf.range(horizon) if seeds is None else seeds
+            body = step if seeds is not None else lambda carry, _: step(carry, None)
+            rest = tf.scan(body, elems, initializer=first)
+            states, feats, actions = tf.nest.map_structure(
+                lambda x, r: tf.concat([x[None], r], 0), first, rest
+            )
+        seq = dict(states, feat=feats, action=actions)
         dtype = tf.float32 if feat.dtype in (tf.float16, tf.bfloat16) else feat.dtype
         if self.discount_head is not None:
             disc = self.discount_head(seq["feat"]).mean()

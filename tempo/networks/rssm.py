@@ -25,8 +25,12 @@ def split_seed(seed: tf.Tensor | None, num: int) -> list:
     """`num` independent stateless seeds from one (or Nones from None)."""
     if seed is None:
         return [None] * num
-    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int32), num)
-    return tf.unstack(tf.cast(seeds, tf.int32))
+    return tf.unstack(step_seeds(seed, num))
+
+
+def step_seeds(seed: tf.Tensor, num: int) -> tf.Tensor:
+    """The seeds of `split_seed` as one [num, 2] tensor, for loops in the graph."""
+    return tf.cast(tf.random.experimental.stateless_split(tf.cast(seed, tf.int32), num), tf.int32)
 
 
 class LayerNormGRUCell(tf.keras.layers.Layer):
@@ -70,6 +74,7 @@ class RSSM(tf.keras.Model):
         norm: str = "none",
         std_act: str = "sigmoid2",
         min_std: float = 0.1,
+        unroll: bool = True,
         name: str = "rssm",
         dtype: str | tf.keras.mixed_precision.Policy | None = None,
     ):
@@ -81,6 +86,9 @@ class RSSM(tf.keras.Model):
         self._act = activation(act)
         self._std_act = std_act
         self._min_std = min_std
+        # observe(): a Python loop unrolled over T (one graph node per step and
+        # op) or a tf.scan (a loop in the graph: smaller graph, faster tracing).
+        self.unroll = unroll
         stats_size = stoch * discrete if discrete else 2 * stoch
         self._img_in = tf.keras.layers.Dense(hidden, name="img_in", dtype=self.dtype_policy)
         self._img_in_norm = norm_layer(norm, "img_in_norm", dtype=self.dtype_policy)
@@ -166,11 +174,14 @@ class RSSM(tf.keras.Model):
         """Posterior and prior states for a [B, T] sequence (batch-major out).
 
         `action[:, t]` is the action that led to observation t, as stored in
-        replay. The loop is unrolled over the static length T.
+        replay. With `unroll` the loop is unrolled over the static length T,
+        otherwise it is a `tf.scan` over time; both draw the same samples.
         """
         if state is None:
             state = self.initial(tf.shape(embed)[0])
         length = embed.shape[1]
+        if not self.loops_unrolled():
+            return self._observe_scan(embed, action, is_first, state, seed)
         seeds = split_seed(seed, length)
         posts, priors = [], []
         for t in range(length):
@@ -178,6 +189,25 @@ class RSSM(tf.keras.Model):
             posts.append(state)
             priors.append(prior)
         return _stack(posts, 1), _stack(priors, 1)
+
+    def loops_unrolled(self) -> bool:
+        """Whether sequence loops (observe, imagination) run unrolled: as configured,
+        and always under tf.distribute, whose cross-replica sampling gathers
+        across replicas at every step (kept out of graph loops)."""
+        return self.unroll or replicas.context() is not None
+
+    def _observe_scan(self, embed, action, is_first, state: State, seed) -> tuple[State, State]:
+        inputs = [_time_major(action), _time_major(embed), _time_major(is_first)]
+        if seed is not None:
+            inputs.append(step_seeds(seed, embed.shape[1]))
+
+        def step(carry, xs):
+            return self.obs_step(carry[0], *xs[:3], xs[3] if len(xs) > 3 else None)
+
+        state = {k: tf.cast(v, self.compute_dtype) for k, v in state.items()}
+        posts, priors = tf.scan(step, tuple(inputs), initializer=(state, state))
+        batch_major = lambda s: {k: _time_major(v) for k, v in s.items()}
+        return batch_major(posts), batch_major(priors)
 
     def imagine(self, action, state: State, seed=None) -> State:
         """Prior states for a given [B, T] action sequence (open-loop prediction)."""
@@ -238,3 +268,8 @@ def _merge_last_two(x: tf.Tensor) -> tf.Tensor:
 
 def _stack(states: list[State], axis: int) -> State:
     return {k: tf.stack([s[k] for s in states], axis) for k in states[0]}
+
+
+def _time_major(x: tf.Tensor) -> tf.Tensor:
+    """Swaps the first two axes ([B, T, ...] <-> [T, B, ...])."""
+    return tf.transpose(x, [1, 0, *range(2, len(x.shape))])
