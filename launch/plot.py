@@ -3,8 +3,9 @@ r"""Learning curves (eval return vs env frames) from run directories.
   python -m launch.plot --logdirs 'logdir/*' --out docs/curves
 
 Writes <out>.png (one panel per task, mean and min-max band over seeds per
-method), <out>.csv (the numbers plotted) and prints final and area-under-curve
-returns per task and method.
+method), <out>.csv (the numbers plotted) and <out>.md (a table of final and
+area-under-curve returns, frames and training wall-clock per task and method),
+and prints the table.
 """
 
 from __future__ import annotations
@@ -38,13 +39,11 @@ def main(argv):
     curves = plotting.aggregate(runs)
     plotting.write_csv(curves, FLAGS.out + ".csv")
     plotting.plot_curves(curves, FLAGS.out + ".png", FLAGS.metric)
-    print(f"{'task':<24}{'method':<18}{'seeds':>6}{'final':>9}{'AUC':>9}{'wall min':>10}")
-    for (task, method), c in curves.items():
-        print(
-            f"{task:<24}{method:<18}{len(c['seeds']):>6}{c['final']:>9.1f}{c['auc']:>9.1f}"
-            f"{c['wall_s'] / 60:>10.1f}"
-        )
-    print(f"wrote {FLAGS.out}.png and {FLAGS.out}.csv")
+    table = plotting.summary_table(curves)
+    with open(FLAGS.out + ".md", "w") as f:
+        f.write(table)
+    print(table)
+    print(f"wrote {FLAGS.out}.png, {FLAGS.out}.csv and {FLAGS.out}.md")
 
 
 if __name__ == "__main__":

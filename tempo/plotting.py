@@ -38,8 +38,8 @@ def method_name(bindings: dict) -> str:
 
 
 def load_run(logdir: str | os.PathLike, metric: str = "eval/return") -> dict:
-    """{task, method, seed, steps, values, wall_s} of one run directory (wall_s:
-    `training_seconds`)."""
+    """{task, method, seed, steps, values, wall_s, frames} of one run directory
+    (wall_s: `training_seconds`; frames: the last env frame logged)."""
     logdir = pathlib.Path(logdir)
     config, metrics = logdir / "config.gin", logdir / "metrics.jsonl"
     if not config.exists() or not metrics.exists():
@@ -61,6 +61,7 @@ def load_run(logdir: str | os.PathLike, metric: str = "eval/return") -> dict:
         "steps": np.asarray(steps),
         "values": np.asarray(values),
         "wall_s": training_seconds(records),
+        "frames": max((int(r["step"]) for r in records), default=0),
     }
 
 
@@ -105,8 +106,28 @@ def aggregate(runs: list[dict]) -> dict[tuple[str, str], dict]:
             "final": float(mean[-1]) if len(steps) else float("nan"),
             "auc": trapezoid / span if span else float("nan"),
             "wall_s": float(np.mean([r["wall_s"] for r in members])),
+            "frames": int(min(r["frames"] for r in members)),
         }
     return curves
+
+
+def summary_table(curves: dict) -> str:
+    """A markdown table per (task, method): seeds, frames trained (the fewest of
+    any seed), the last and area-under-curve eval returns of the mean curve, and
+    the training wall-clock, in all and per 100k frames (mean over seeds)."""
+    lines = [
+        "| task | method | seeds | frames | final | AUC | training h | h per 100k frames |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (task, method), c in curves.items():
+        hours = c["wall_s"] / 3600
+        per_100k = hours * 100_000 / c["frames"] if c["frames"] else float("nan")
+        seeds = ",".join(str(s) for s in c["seeds"])
+        lines.append(
+            f"| {task} | {method} | {seeds} | {c['frames']:,} | {c['final']:.1f} | "
+            f"{c['auc']:.1f} | {hours:.2f} | {per_100k:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def write_csv(curves: dict, path: str | os.PathLike) -> None:

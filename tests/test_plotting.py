@@ -79,6 +79,10 @@ def test_launcher_writes_png_and_csv(runs, tmp_path):
         (3000, 60.0),
     ]
     assert "tempo-lookahead" in result.stdout and "dreamerv2" in result.stdout
+    table = (tmp_path / "curves.md").read_text()
+    # seeds 0,1; 3000 frames; final 60; AUC 28.75; 50 + 33.3 s of training.
+    row = "| dmc_cartpole_swingup | tempo-released | 0,1 | 3,000 | 60.0 | 28.8 | 0.02 | 0.77 |"
+    assert row in table.splitlines() and row in result.stdout
 
 
 def test_not_a_run_directory(tmp_path):
