@@ -129,15 +129,18 @@ def time_parts(trainer, batch, state) -> dict[str, float]:
     import tensorflow as tf
 
     seed = tf.constant([3, 4], tf.int64)
+    batch = tf.nest.map_structure(tf.convert_to_tensor, batch)  # inputs, not constants
     data = trainer.world_model.preprocess(batch)
     post = trainer.losses(data, state, seed)[2]["post"]
     post = {k: tf.stop_gradient(v) for k, v in post.items()}
+    # Every output is returned: TensorFlow prunes what no output needs (the
+    # hypergradient, say, if only the model gradient were returned).
     parts = {
-        "model_forward": lambda: trainer.losses(data, state, seed)[0],
-        "model_gradients": lambda: trainer._model_gradients(batch, state, seed)[0],
+        "model_forward": lambda: trainer.losses(data, state, seed),
+        "model_gradients": lambda: trainer._model_gradients(batch, state, seed),
         "behavior_gradients": lambda: trainer.behavior.gradients(
             trainer.world_model, post, data["is_terminal"], seed
-        )[0],
+        ),
     }
     medians = {}
     for name, fn in parts.items():
