@@ -52,7 +52,7 @@ def tiny_trainer(
         actor=P(Actor, **head),
         critic=P(DistHead, **head),
         meta_weighter=P(MetaWeighter, layers=2, units=width),
-        world_model=P(WorldModel, kl_free=kl_free),
+        world_model=P(WorldModel, kl_free=kl_free, unroll_imagination=unroll),
         behavior=P(ActorCritic, horizon=3),
         strategy=strategy,
         precision=precision,

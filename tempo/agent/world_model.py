@@ -12,7 +12,7 @@ from tempo.networks import distributions as dists
 from tempo.networks.decoder import Decoder
 from tempo.networks.encoder import Encoder
 from tempo.networks.heads import DistHead
-from tempo.networks.rssm import RSSM, State, split_seed, step_seeds
+from tempo.networks.rssm import RSSM, State, split_seed, step_seeds, unrolled
 
 REWARD_TRANSFORMS = {"identity": tf.identity, "tanh": tf.tanh, "sign": tf.sign}
 
@@ -35,6 +35,7 @@ class WorldModel(tf.keras.Model):
         kl_free: float = 0.0,
         kl_free_avg: bool = True,
         grad_heads: tuple[str, ...] = ("decoder", "reward", "discount"),
+        unroll_imagination: bool = True,
         name: str = "world_model",
         dtype: str | tf.keras.mixed_precision.Policy | None = None,
     ):
@@ -61,6 +62,8 @@ class WorldModel(tf.keras.Model):
         self.kl_free = kl_free
         self.kl_free_avg = kl_free_avg
         self.grad_heads = tuple(grad_heads)
+        # The imagination rollout unrolled over the horizon, or a tf.scan (see RSSM.unroll).
+        self.unroll_imagination = unroll_imagination
 
     # ----- variables -------------------------------------------------------
     @property
@@ -197,7 +200,7 @@ class WorldModel(tf.keras.Model):
             return state, self.rssm.get_feat(state), tf.cast(action, feat.dtype)
 
         first = (state, feat, action)
-        if self.rssm.loops_unrolled():
+        if unrolled(self.unroll_imagination):
             steps = [first]
             for step_seed in split_seed(seed, horizon):
                 steps.append(step(steps[-1], step_seed))

@@ -28,6 +28,13 @@ def split_seed(seed: tf.Tensor | None, num: int) -> list:
     return tf.unstack(step_seeds(seed, num))
 
 
+def unrolled(configured: bool) -> bool:
+    """Whether a sequence loop runs unrolled: as configured, and always under
+    tf.distribute, whose cross-replica sampling gathers across replicas at every
+    step (kept out of graph loops)."""
+    return configured or replicas.context() is not None
+
+
 def step_seeds(seed: tf.Tensor, num: int) -> tf.Tensor:
     """The seeds of `split_seed` as one [num, 2] tensor, for loops in the graph."""
     return tf.cast(tf.random.experimental.stateless_split(tf.cast(seed, tf.int32), num), tf.int32)
@@ -87,7 +94,7 @@ class RSSM(tf.keras.Model):
         self._std_act = std_act
         self._min_std = min_std
         # observe(): a Python loop unrolled over T (one graph node per step and
-        # op) or a tf.scan (a loop in the graph: smaller graph, faster tracing).
+        # op: slower to compile, faster to run) or a tf.scan (a loop in the graph).
         self.unroll = unroll
         stats_size = stoch * discrete if discrete else 2 * stoch
         self._img_in = tf.keras.layers.Dense(hidden, name="img_in", dtype=self.dtype_policy)
@@ -180,7 +187,7 @@ class RSSM(tf.keras.Model):
         if state is None:
             state = self.initial(tf.shape(embed)[0])
         length = embed.shape[1]
-        if not self.loops_unrolled():
+        if not unrolled(self.unroll):
             return self._observe_scan(embed, action, is_first, state, seed)
         seeds = split_seed(seed, length)
         posts, priors = [], []
@@ -189,12 +196,6 @@ class RSSM(tf.keras.Model):
             posts.append(state)
             priors.append(prior)
         return _stack(posts, 1), _stack(priors, 1)
-
-    def loops_unrolled(self) -> bool:
-        """Whether sequence loops (observe, imagination) run unrolled: as configured,
-        and always under tf.distribute, whose cross-replica sampling gathers
-        across replicas at every step (kept out of graph loops)."""
-        return self.unroll or replicas.context() is not None
 
     def _observe_scan(self, embed, action, is_first, state: State, seed) -> tuple[State, State]:
         inputs = [_time_major(action), _time_major(embed), _time_major(is_first)]
