@@ -13,6 +13,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 KEYS = {"config", "mode", "median_s", "min_s", "max_s", "compile_s", "peak_rss_mb", "gflop"}
 
 
+@pytest.mark.slow  # two processes that each compile two updates: about 90 s
 def test_bench_rows_parts_and_ratio(tmp_path):
     path = tmp_path / "bench.jsonl"
     cmd = [sys.executable, "-m", "launch.bench", "--configs=cpu", "--modes=tempo,dreamerv2"]

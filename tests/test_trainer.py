@@ -98,11 +98,11 @@ def test_same_seed_same_batch_same_metrics(meta):
     assert runs[0] != runs[2]
 
 
-@pytest.mark.parametrize("meta,discrete", [(True, True), (False, False)])
-def test_scanned_loops_give_the_same_updates(meta, discrete):
-    """RSSM.unroll=False (tf.scan for observe and imagination) against the
-    unrolled loops: metrics and every variable after two updates, hypergradient
-    and (continuous actions) dynamics backpropagation included."""
+def test_scanned_loops_give_the_same_updates():
+    """tf.scan for observe and imagination against the unrolled loops: metrics
+    and every variable after two TEMPO updates, the hypergradient and the
+    dynamics backpropagation of continuous actions included."""
+    meta, discrete = True, False
     data = random_batch(SHAPES, 3, discrete, batch=2, length=5)
     results = []
     for unroll in (True, False):
