@@ -6,6 +6,7 @@ The check runs in a fresh process (tests/mirrored_update.py) because the CPU
 must be split into logical devices before TensorFlow initializes them.
 """
 
+import fcntl
 import json
 import os
 import subprocess
@@ -25,18 +26,27 @@ TOLERANCE = 1e-5
 
 
 @pytest.fixture(scope="module")
-def result():
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
-    script = os.path.join(HERE, "mirrored_update.py")
-    proc = subprocess.run(
-        [sys.executable, script, "tempo,dreamerv2,run", "2"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def result(tmp_path_factory):
+    """The script's JSON, computed once per test session: pytest-xdist workers
+    that get tests of this module share one run (minutes) through a file lock."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    out = shared / "mirrored_update.json"
+    with open(shared / "mirrored_update.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not out.exists():
+            env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
+            script = os.path.join(HERE, "mirrored_update.py")
+            proc = subprocess.run(
+                [sys.executable, script, "tempo,dreamerv2,run", "2"],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=900,
+            )
+            assert proc.returncode == 0, proc.stderr[-4000:]
+            out.write_text(proc.stdout.strip().splitlines()[-1])
+    return json.loads(out.read_text())
 
 
 @pytest.mark.parametrize("sampler", ["onehot", "normal", "trunc_normal"])
