@@ -119,6 +119,21 @@ def test_scanned_loops_give_the_same_updates():
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
 
 
+def test_scanned_imagination_without_a_seed_samples_statefully():
+    """seed=None (TensorFlow's stateful sampling) through the scan: the same
+    shapes as the unrolled rollout, and actions that differ between calls."""
+    trainer = tiny_trainer(SHAPES, discrete=False, unroll=False).build()
+    wm = trainer.world_model
+    start = {k: v[:, None] for k, v in wm.rssm.initial(4).items()}
+    terminal = tf.zeros([4, 1])
+    first = wm.imagine(trainer.behavior.actor, start, terminal, horizon=3)
+    second = wm.imagine(trainer.behavior.actor, start, terminal, horizon=3)
+    assert first["feat"].shape == (4, 4, wm.rssm.feat_size)
+    assert first["action"].shape == (4, 4, 3)
+    np.testing.assert_array_equal(first["action"][0], 0.0)  # the start has no action
+    assert not np.allclose(first["action"][1:], second["action"][1:])
+
+
 def test_nonsense_settings_are_rejected():
     with pytest.raises(ValueError, match="hypergrad_sign"):
         tiny_trainer(SHAPES, sign="backwards")

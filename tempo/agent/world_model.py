@@ -208,9 +208,10 @@ class WorldModel(tf.keras.Model):
                 tf.nest.map_structure(lambda *x: tf.stack(x, 0), *part) for part in zip(*steps)
             ]
         else:
-            seeds = None if seed is None else step_seeds(seed, horizon)
-            elems = tf.range(horizon) if seeds is None else seeds
-            body = step if seeds is not None else lambda carry, _: step(carry, None)
+            if seed is None:  # stateful sampling: scan over step indices
+                body, elems = (lambda carry, _: step(carry, None)), tf.range(horizon)
+            else:
+                body, elems = step, step_seeds(seed, horizon)
             rest = tf.scan(body, elems, initializer=first)
             states, feats, actions = tf.nest.map_structure(
                 lambda x, r: tf.concat([x[None], r], 0), first, rest
