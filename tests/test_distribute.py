@@ -25,20 +25,23 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TOLERANCE = 1e-5
 
 
-@pytest.fixture(scope="module")
-def result(tmp_path_factory):
-    """The script's JSON, computed once per test session: pytest-xdist workers
-    that get tests of this module share one run (minutes) through a file lock."""
+def script_result(tmp_path_factory, parts: str) -> dict:
+    """The script's JSON for `parts` (comma-separated: sampling, run, tempo,
+    dreamerv2), computed once per test session. Each part runs in its own
+    process (about a minute each, the sampling check seconds), so two
+    pytest-xdist workers compute different parts at the same time; a worker
+    that needs a part another is computing waits on its file lock, then reads it."""
     base = tmp_path_factory.getbasetemp()
     shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    out = shared / "mirrored_update.json"
-    with open(shared / "mirrored_update.lock", "w") as lock:
+    name = "mirrored_update_" + parts.replace(",", "_")
+    out = shared / f"{name}.json"
+    with open(shared / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not out.exists():
             env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
             script = os.path.join(HERE, "mirrored_update.py")
             proc = subprocess.run(
-                [sys.executable, script, "tempo,dreamerv2,run", "2"],
+                [sys.executable, script, parts, "2"],
                 capture_output=True,
                 text=True,
                 env=env,
@@ -49,16 +52,9 @@ def result(tmp_path_factory):
     return json.loads(out.read_text())
 
 
-@pytest.mark.parametrize("sampler", ["onehot", "normal", "trunc_normal"])
-def test_per_replica_draws_are_slices_of_the_whole_batch_draw(result, sampler):
-    draws = result["sampling"][sampler]
-    assert draws["exact"] <= 1e-6, draws
-    assert draws["naive"] > 0.1, draws  # the same seed per shard is not the same noise
-
-
 @pytest.mark.parametrize("mode", ["tempo", "dreamerv2"])
-def test_mirrored_updates_equal_single_device_updates(result, mode):
-    first, second = result[mode]
+def test_mirrored_updates_equal_single_device_updates(tmp_path_factory, mode):
+    first, second = script_result(tmp_path_factory, mode)[mode]
     print(mode, first, second)
     for run in (first, second):
         assert run["keys_equal"] and run["variables_equal_names"]
@@ -74,11 +70,20 @@ def test_mirrored_updates_equal_single_device_updates(result, mode):
     assert second["variables"] <= 10 * TOLERANCE, (second["worst_variable"], second["variables"])
 
 
-def test_run_loop_under_mirrored_strategy_checkpoints_for_a_single_device_agent(result):
-    run = result["run"]
+def test_run_loop_under_mirrored_strategy_checkpoints_for_a_single_device_agent(
+    tmp_path_factory,
+):
+    run = script_result(tmp_path_factory, "run")["run"]
     assert run["updates"] == 4 and run["restored_step"] == 4, run
     assert run["finite_losses"] and run["exported"], run
     assert run["return"] >= 1.0, run
+
+
+@pytest.mark.parametrize("sampler", ["onehot", "normal", "trunc_normal"])
+def test_per_replica_draws_are_slices_of_the_whole_batch_draw(tmp_path_factory, sampler):
+    draws = script_result(tmp_path_factory, "sampling")["sampling"][sampler]
+    assert draws["exact"] <= 1e-6, draws
+    assert draws["naive"] > 0.1, draws  # the same seed per shard is not the same noise
 
 
 def test_strategy_names():
