@@ -58,15 +58,16 @@ bench: setup
 curves: setup
 	@for task in $(CURVE_TASKS); do for method in $(CURVE_METHODS); do for seed in $(CURVE_SEEDS); do \
 	  case $$method in \
-	    dreamerv2) meta=false; sign=released;; \
-	    tempo-released) meta=true; sign=released;; \
-	    tempo-lookahead) meta=true; sign=lookahead;; \
+	    dreamerv2) meta=false; sign=released; eta=;; \
+	    tempo-released) meta=true; sign=released; eta=;; \
+	    tempo-lookahead) meta=true; sign=lookahead; eta='BilevelTrainer.lookahead_lr = 1.0';; \
 	    *) echo "unknown method $$method"; exit 1;; \
 	  esac; \
 	  $(PY) -m launch.train --logdir $(CURVE_DIR)/$$task/$$method/seed$$seed \
 	    --gin_file gin_configs/dmc_proprio.gin --gin_file gin_configs/cpu.gin \
 	    --task $$task --seed $$seed --steps $(CURVE_FRAMES) --meta=$$meta \
 	    --gin_param "BilevelTrainer.hypergrad_sign = '$$sign'" \
+	    $${eta:+--gin_param "$$eta"} \
 	    --gin_param 'train.eval_episodes = 5' || exit 1; \
 	done; done; done
 	$(PY) -m launch.plot --logdirs '$(CURVE_DIR)/*/*/*' --out $(CURVE_DIR)/curves
