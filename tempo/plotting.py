@@ -120,14 +120,20 @@ def summary_table(curves: dict) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for (task, method), c in curves.items():
-        hours = c["wall_s"] / 3600
+        # No timed interval yet (only the first, which is not counted): no hours.
+        hours = c["wall_s"] / 3600 if c["wall_s"] > 0 else float("nan")
         per_100k = hours * 100_000 / c["frames"] if c["frames"] else float("nan")
         seeds = ",".join(str(s) for s in c["seeds"])
         lines.append(
-            f"| {task} | {method} | {seeds} | {c['frames']:,} | {c['final']:.1f} | "
-            f"{c['auc']:.1f} | {hours:.2f} | {per_100k:.2f} |"
+            f"| {task} | {method} | {seeds} | {c['frames']:,} | {_fmt(c['final'], 1)} | "
+            f"{_fmt(c['auc'], 1)} | {_fmt(hours, 2)} | {_fmt(per_100k, 2)} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float, digits: int) -> str:
+    """A table cell: 'n/a' where a number is undefined (an AUC of one point)."""
+    return f"{value:.{digits}f}" if np.isfinite(value) else "n/a"
 
 
 def write_csv(curves: dict, path: str | os.PathLike) -> None:

@@ -85,6 +85,14 @@ def test_launcher_writes_png_and_csv(runs, tmp_path):
     assert row in table.splitlines() and row in result.stdout
 
 
+def test_a_run_with_one_evaluation_has_no_auc_or_hours_yet(tmp_path):
+    # One eval point and one log interval (the first, not timed): both undefined.
+    fake_run(tmp_path, "a", {"train.task": "dmc_finger_spin"}, [(5000, 2.2)])
+    curves = plotting.aggregate([plotting.load_run(tmp_path / "a")])
+    row = "| dmc_finger_spin | tempo-released | 0 | 5,000 | 2.2 | n/a | n/a | n/a |"
+    assert row in plotting.summary_table(curves).splitlines()
+
+
 def test_not_a_run_directory(tmp_path):
     with pytest.raises(ValueError, match="not a tempo run directory"):
         plotting.load_run(tmp_path)
