@@ -25,15 +25,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TOLERANCE = 1e-5
 
 
-def script_result(tmp_path_factory, parts: str) -> dict:
-    """The script's JSON for `parts` (comma-separated: sampling, run, tempo,
-    dreamerv2), computed once per test session. Each part runs in its own
+def script_result(tmp_path_factory, part: str) -> dict:
+    """The script's JSON for one `part` (sampling, run, tempo or dreamerv2),
+    computed once per test session. Each part runs in its own
     process (about a minute each, the sampling check seconds), so two
     pytest-xdist workers compute different parts at the same time; a worker
     that needs a part another is computing waits on its file lock, then reads it."""
     base = tmp_path_factory.getbasetemp()
     shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    name = "mirrored_update_" + parts.replace(",", "_")
+    name = f"mirrored_update_{part}"
     out = shared / f"{name}.json"
     with open(shared / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -41,7 +41,7 @@ def script_result(tmp_path_factory, parts: str) -> dict:
             env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
             script = os.path.join(HERE, "mirrored_update.py")
             proc = subprocess.run(
-                [sys.executable, script, parts, "2"],
+                [sys.executable, script, part, "2"],
                 capture_output=True,
                 text=True,
                 env=env,
