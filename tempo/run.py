@@ -242,6 +242,13 @@ def train(
             if frame - last["ckpt"] >= checkpoint_every:
                 last["ckpt"] = frame
                 save_checkpoint()
+        frame = int(agent_steps) * repeat
+        if not stop["now"] and eval_every and frame // eval_every != last["eval"]:
+            # The budget ends inside a period: evaluate the policy the run finishes
+            # with (the one it exports), not only the one from up to eval_every ago.
+            last["eval"] = frame // eval_every
+            eval_return = evaluate(eval_env, agent, eval_episodes, logger)
+            logger.write(frame)
     except (NonFiniteError, CheckpointWriteError):
         # A diverged run keeps its last good checkpoint as the latest; a failed
         # write is not retried on the way out.
