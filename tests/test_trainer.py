@@ -175,3 +175,32 @@ def test_non_finite_batch_skips_the_update_and_is_counted(meta):
     _, metrics = trainer.train(good, state)
     assert float(metrics["update_skipped"]) == 0.0 and int(trainer.nonfinite_streak) == 0
     assert all(_changed(before[0], trainer.world_model))
+
+
+def test_tempo_with_weights_of_one_updates_like_dreamerv2():
+    """TEMPO differs from DreamerV2 only through the sample weights: with the
+    weighter's output layer zeroed and its range [0.5, 1.5] every weight is
+    exactly 1, and one update moves the world model, actor and critic as the
+    DreamerV2 update from the same initial variables and seed does (the nested
+    tapes of the hypergradient change only float rounding)."""
+    data = random_batch(SHAPES, 3, False, batch=2, length=5)
+    tempo = tiny_trainer(SHAPES, discrete=False, meta=True, seed=5).build()
+    dreamer = tiny_trainer(SHAPES, discrete=False, meta=False, seed=5).build()
+    nets = lambda t: [t.world_model, t.behavior.actor, t.behavior.critic, t.behavior.slow_critic]
+    for mine, theirs in zip(nets(tempo), nets(dreamer)):
+        theirs.set_weights(mine.get_weights())
+    weighter = tempo.meta_weighter
+    weighter.low, weighter.high = 0.5, 1.5
+    for variable in weighter.out.trainable_variables:
+        variable.assign(tf.zeros_like(variable))
+
+    _, got = tempo.train(data, tempo.initial_state(2))
+    _, want = dreamer.train(data, dreamer.initial_state(2))
+
+    assert float(got["meta_weight_mean"]) == 1.0 and float(got["meta_weight_std"]) == 0.0
+    assert float(got["meta_grad_norm"]) > 0  # the weighter itself still learns
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    for mine, theirs in zip(nets(tempo), nets(dreamer)):
+        for a, b in zip(mine.variables, theirs.variables):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.name)
