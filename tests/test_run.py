@@ -271,40 +271,29 @@ def tiny_run(logdir, task, **overrides):
     return train(logdir, task=task, **{**settings, **overrides})
 
 
-def test_evaluations_land_at_their_frame_once_per_period_across_a_resume(tmp_path):
+def test_evaluations_land_at_their_frame_once_per_period_and_at_the_end(tmp_path):
     """eval_every 50 with updates every 5 frames: each period is evaluated once, at
-    its first loop iteration, also when a run stops inside a period and resumes."""
+    its first loop iteration, also when a run stops inside a period and resumes;
+    a run that reaches its budget in a new period evaluates the policy it ends
+    with there, once (running the finished run again adds nothing)."""
     from tempo.logging import read_records
 
     logdir = tmp_path / "evals"
     settings = dict(eval_every=50, eval_episodes=1, log_every=1000)
+
+    def evals():
+        records = read_records(logdir / "metrics.jsonl")
+        return {r["step"]: r["eval/return"] for r in records if "eval/return" in r}
+
     assert tiny_run(logdir, "gym_CartPole-v1", steps=130, **settings)["step"] == 130
-    tiny_run(logdir, "gym_CartPole-v1", steps=260, **settings)
-    steps = [r["step"] for r in read_records(logdir / "metrics.jsonl") if "eval/return" in r]
-    assert [s // 50 for s in steps] == [0, 1, 2, 3, 4, 5]
+    assert [s // 50 for s in evals()] == [0, 1, 2]  # 130 is inside period 2: no end eval
+    summary = tiny_run(logdir, "gym_CartPole-v1", steps=200, **settings)
+    steps = list(evals())
+    assert [s // 50 for s in steps] == [0, 1, 2, 3, 4]
     assert all(s % 50 < 5 for s in steps[1:])  # not at the next log write
-
-
-def test_a_run_that_reaches_its_budget_evaluates_the_policy_it_ends_with(tmp_path):
-    """steps 100 with eval_every 50: the budget's frame starts a new period, so the
-    finished policy is evaluated there; running the finished run again adds nothing,
-    and extending it to 150 evaluates at 150, not again at 100."""
-    from tempo.logging import read_records
-
-    logdir = tmp_path / "final"
-    settings = dict(eval_every=50, eval_episodes=1, log_every=1000)
-
-    def eval_steps():
-        return [r["step"] for r in read_records(logdir / "metrics.jsonl") if "eval/return" in r]
-
-    summary = tiny_run(logdir, "gym_CartPole-v1", steps=100, **settings)
-    assert eval_steps()[-1] == 100 and [s // 50 for s in eval_steps()] == [0, 1, 2]
-    final = [r for r in read_records(logdir / "metrics.jsonl") if r["step"] == 100]
-    assert summary["eval_return"] == final[0]["eval/return"]
-    tiny_run(logdir, "gym_CartPole-v1", steps=100, **settings)
-    assert [s // 50 for s in eval_steps()] == [0, 1, 2]
-    tiny_run(logdir, "gym_CartPole-v1", steps=150, **settings)
-    assert eval_steps()[-2:] == [100, 150]
+    assert steps[-1] == 200 and summary["eval_return"] == evals()[200]
+    tiny_run(logdir, "gym_CartPole-v1", steps=200, **settings)
+    assert list(evals()) == steps
 
 
 def test_a_failing_agent_build_leaves_no_env_worker_process(tmp_path):

@@ -183,9 +183,10 @@ def test_tempo_with_weights_of_one_updates_like_dreamerv2():
     exactly 1, and one update moves the world model, actor and critic as the
     DreamerV2 update from the same initial variables and seed does (the nested
     tapes of the hypergradient change only float rounding)."""
-    data = random_batch(SHAPES, 3, False, batch=2, length=5)
-    tempo = tiny_trainer(SHAPES, discrete=False, meta=True, seed=5).build()
-    dreamer = tiny_trainer(SHAPES, discrete=False, meta=False, seed=5).build()
+    shapes = {"vector": (3,)}
+    data = random_batch(shapes, 3, False, batch=2, length=5)
+    tempo = tiny_trainer(shapes, discrete=False, meta=True, seed=5).build()
+    dreamer = tiny_trainer(shapes, discrete=False, meta=False, seed=5).build()
     nets = lambda t: [t.world_model, t.behavior.actor, t.behavior.critic, t.behavior.slow_critic]
     for mine, theirs in zip(nets(tempo), nets(dreamer)):
         theirs.set_weights(mine.get_weights())
