@@ -218,14 +218,19 @@ def train(
     def acting_policy(obs, state):
         return agent.policy(obs, state, explore=True)
 
+    def evaluate_once_per_period(frame: int) -> None:
+        """Evaluates at `frame` unless its eval_every period has been evaluated;
+        logged at that frame, so curves share a grid."""
+        nonlocal eval_return
+        if eval_every and frame // eval_every != last["eval"]:
+            last["eval"] = frame // eval_every
+            eval_return = evaluate(eval_env, agent, eval_episodes, logger)
+            logger.write(frame)
+
     skip_final_checkpoint = failing = False
     try:
         while int(agent_steps) < total_agent_steps and not stop["now"]:
-            frame = int(agent_steps) * repeat
-            if eval_every and frame // eval_every != last["eval"]:
-                last["eval"] = frame // eval_every
-                eval_return = evaluate(eval_env, agent, eval_episodes, logger)
-                logger.write(frame)  # at the frame it evaluated, so curves share a grid
+            evaluate_once_per_period(int(agent_steps) * repeat)
             todo = min(train_every, total_agent_steps - int(agent_steps))
             fps.update(driver.run(acting_policy, steps=todo) * repeat)
             for _ in range(train_steps):
@@ -242,13 +247,11 @@ def train(
             if frame - last["ckpt"] >= checkpoint_every:
                 last["ckpt"] = frame
                 save_checkpoint()
-        frame = int(agent_steps) * repeat
-        if not stop["now"] and eval_every and frame // eval_every != last["eval"]:
-            # The budget ends inside a period: evaluate the policy the run finishes
-            # with (the one it exports), not only the one from up to eval_every ago.
-            last["eval"] = frame // eval_every
-            eval_return = evaluate(eval_env, agent, eval_episodes, logger)
-            logger.write(frame)
+        if not stop["now"]:
+            # A budget that ends on a new period: the policy the run finishes with
+            # (the one it exports) is evaluated there, not only one from up to
+            # eval_every frames earlier.
+            evaluate_once_per_period(int(agent_steps) * repeat)
     except (NonFiniteError, CheckpointWriteError):
         # A diverged run keeps its last good checkpoint as the latest; a failed
         # write is not retried on the way out.
