@@ -12,6 +12,7 @@ from tempo.networks.encoder import Encoder, select_keys
 from tempo.networks.heads import Actor, DistHead
 from tempo.networks.meta_weighter import MetaWeighter
 from tempo.networks.rssm import RSSM
+from tempo.networks.value_normalizer import ValueNormalizer
 
 OBS = {
     "image": {"image": (64, 64, 3)},
@@ -150,20 +151,25 @@ def test_onehot_sample_has_straight_through_gradient():
     assert float(tf.reduce_sum(sample)) == pytest.approx(1.0, abs=1e-6)
 
 
-def test_meta_weighter_range_and_value_normalizer():
+def test_meta_weighter_range():
     meta = MetaWeighter(layers=2, units=8)
     weights = meta(100.0 * tf.random.normal([2, 5, 9]), training=True)
     assert weights.shape == (2, 5)
     assert float(tf.reduce_min(weights)) >= 0.75 and float(tf.reduce_max(weights)) <= 1.25
+
+
+def test_value_normalizer_uses_the_joint_statistics():
+    norm = ValueNormalizer()
     v_post, v_prior = tf.random.normal([2, 5]) * 3 + 1, tf.random.normal([2, 5])
-    post_n, prior_n = meta.normalize_values(v_post, v_prior, training=True)
+    post_n, prior_n = norm.normalize(v_post, v_prior, training=True)
     both = np.concatenate([post_n.numpy().ravel(), prior_n.numpy().ravel()])
     raw = np.concatenate([v_post.numpy().ravel(), v_prior.numpy().ravel()])
     np.testing.assert_allclose(
         both, (raw - raw.mean()) / np.sqrt(raw.var() + 1e-3), rtol=1e-4, atol=1e-5
     )
     # Running statistics move toward the batch's with momentum 0.9.
-    np.testing.assert_allclose(meta.value_norm.moving_mean.numpy(), [0.1 * raw.mean()], rtol=1e-4)
+    np.testing.assert_allclose(norm.moving_mean.numpy(), [0.1 * raw.mean()], rtol=1e-4)
+    assert not norm.trainable_variables  # no scale, no offset
 
 
 def test_key_selection_errors_name_the_keys():

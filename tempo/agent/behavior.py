@@ -83,7 +83,8 @@ class ActorCritic(tf.Module):
         with tf.GradientTape() as actor_tape:
             seq = world_model.imagine(self.actor, start, is_terminal, self.horizon, seed)
             reward = world_model.reward_head(seq["feat"]).mode()
-            target = self.target(reward, seq)
+            value = self.slow_critic(seq["feat"]).mode()
+            target = self.target(reward, value, seq)
             actor_loss, metrics = self.actor_loss(seq, target)
             scaled_actor_loss = scale(actor_loss)
         with tf.GradientTape() as critic_tape:
@@ -99,6 +100,7 @@ class ActorCritic(tf.Module):
             critic_loss=critic_loss,
             imag_reward_mean=tf.reduce_mean(reward),
             imag_return_mean=tf.reduce_mean(target),
+            imag_slow_value_mean=tf.reduce_mean(value),
         )
         return replicas.all_mean((list(actor_grads), list(critic_grads), metrics))
 
@@ -126,9 +128,9 @@ class ActorCritic(tf.Module):
         self.updates.assign_add(1)
         return metrics
 
-    def target(self, reward: tf.Tensor, seq: dict) -> tf.Tensor:
-        """Lambda-returns of the imagined sequence, bootstrapped with V_slow: [H, N]."""
-        value = self.slow_critic(seq["feat"]).mode()
+    def target(self, reward: tf.Tensor, value: tf.Tensor, seq: dict) -> tf.Tensor:
+        """Lambda-returns of the imagined sequence from the V_slow values of its
+        states, bootstrapped with the last one: [H, N]."""
         disc = tf.cast(seq["discount"], value.dtype)
         reward = tf.cast(reward, value.dtype)
         return lambda_return(reward[:-1], value[:-1], disc[:-1], value[-1], self.lambda_)

@@ -18,6 +18,7 @@ from tempo.agent.optimizer import Optimizer
 from tempo.agent.world_model import WorldModel
 from tempo.networks.meta_weighter import MetaWeighter
 from tempo.networks.rssm import State, split_seed
+from tempo.networks.value_normalizer import ValueNormalizer
 
 
 class BilevelTrainer(tf.Module):
@@ -33,6 +34,7 @@ class BilevelTrainer(tf.Module):
         model_opt: Optimizer,
         meta_opt: Optimizer,
         meta: bool = True,
+        posterior_passes: int = 2,
         hypergrad_sign: str = "released",
         lookahead_lr: float | None = None,
         jit_compile: bool = False,
@@ -42,6 +44,8 @@ class BilevelTrainer(tf.Module):
         name: str = "trainer",
     ):
         super().__init__(name=name)
+        if posterior_passes not in (1, 2):
+            raise ValueError(f"posterior_passes must be 1 or 2, got {posterior_passes}.")
         if hypergrad_sign not in SIGNS:
             raise ValueError(f"Unknown hypergrad_sign {hypergrad_sign!r}; choose one of {SIGNS}.")
         self.world_model = world_model
@@ -50,6 +54,7 @@ class BilevelTrainer(tf.Module):
         self.model_opt = model_opt
         self.meta_opt = meta_opt
         self.meta = meta
+        self.posterior_passes = posterior_passes
         self.hypergrad_sign = hypergrad_sign
         # eta of the one-step look-ahead; the model learning rate unless set.
         self.lookahead_lr = model_opt.lr if lookahead_lr is None else lookahead_lr
@@ -62,6 +67,9 @@ class BilevelTrainer(tf.Module):
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="train_step")
         # Consecutive updates skipped because a loss or gradient was not finite.
         self.nonfinite_streak = tf.Variable(0, dtype=tf.int64, trainable=False, name="nonfinite")
+        # Never 16-bit (it feeds the upper loss): float32 under mixed precision.
+        mixed = world_model.compute_dtype in ("float16", "bfloat16")
+        self.value_norm = ValueNormalizer(dtype="float32" if mixed else world_model.dtype_policy)
         self._compiled = tf.function(self._train_step, jit_compile=jit_compile)
         self._built = False
 
@@ -72,7 +80,7 @@ class BilevelTrainer(tf.Module):
         wm.build_from_shapes(wm.rssm.action_size)
         self.behavior.build(wm.rssm.feat_size)
         self.meta_weighter(tf.zeros([1, self.meta_input_size]))
-        self.meta_weighter.normalize_values(tf.zeros([2]), tf.zeros([2]))
+        self.value_norm.normalize(tf.zeros([2]), tf.zeros([2]))
         self.model_opt.build(wm.trainable_variables)
         self.meta_opt.build(self.meta_weighter.trainable_variables)
         self._built = True
@@ -247,20 +255,32 @@ class BilevelTrainer(tf.Module):
         return behavior.finish(metrics, finite)
 
     def losses(self, data: dict, state: State, seed=None) -> tuple[tf.Tensor, tf.Tensor, dict]:
-        """Steps 1-4 on a preprocessed batch from one pass of the RSSM: returns
-        (lower loss, upper loss, aux) with aux holding post, prior and metrics."""
+        """Steps 1-4 on a preprocessed batch: returns (lower loss, upper loss, aux)
+        with aux holding the lower loss's post and prior, and the metrics.
+
+        With `posterior_passes = 2` (the released code) the upper loss and the
+        values come from one RSSM pass and the weights and the lower loss from
+        a second pass with independent posterior samples (the embedding, which
+        is deterministic, is computed once); with 1 both share one pass. The
+        lower loss's pass always samples with `seed`, as DreamerV2's does."""
         wm = self.world_model
-        _, post, prior = wm.infer(data, state, seed)
         metrics = {}
         if self.meta:
+            two = self.posterior_passes == 2
+            upper_seed = split_seed(seed, 1)[0] if two else seed
+            embed, post, prior = wm.infer(data, state, upper_seed)
             upper, v_post_n, v_prior_n = self.task_aware_loss(post, prior)
+            if two:
+                _, post, prior = wm.infer(data, state, seed, embed=embed)
             weights = self.meta_weights(post, prior, v_post_n, v_prior_n)
-            metrics.update(meta_metrics(weights, upper, self.meta_weighter))
+            metrics.update(meta_metrics(weights, upper, self.value_norm))
         else:
+            _, post, prior = wm.infer(data, state, seed)
             upper, weights = tf.zeros([], tf.float32), None
         likes = wm.log_likelihoods(data, post)
         lower, model_metrics = wm.weighted_loss(likes, wm.kl_terms(post, prior), weights)
         metrics.update(model_metrics)
+        metrics.update(wm.latent_entropies(post, prior))
         return lower, upper, {"post": post, "prior": prior, "metrics": metrics}
 
     def task_aware_loss(self, post: State, prior: State) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -269,8 +289,12 @@ class BilevelTrainer(tf.Module):
         rssm, critic = self.world_model.rssm, self.behavior.slow_critic
         v_post = critic(rssm.get_feat(post)).mode()
         v_prior = critic(rssm.get_feat(prior)).mode()
-        v_post_n, v_prior_n = self.meta_weighter.normalize_values(v_post, v_prior, training=True)
+        v_post_n, v_prior_n = self.normalize_values(v_post, v_prior)
         return tf.reduce_mean(tf.square(v_post_n - v_prior_n)), v_post_n, v_prior_n
+
+    def normalize_values(self, v_post: tf.Tensor, v_prior: tf.Tensor) -> tuple:
+        """The two value sets standardized together (batch statistics)."""
+        return self.value_norm.normalize(v_post, v_prior, training=True)
 
     def meta_weights(self, post: State, prior: State, v_post_n, v_prior_n) -> tf.Tensor:
         """Step 3: w = N(sg(deter, post stats, prior stats, normalized values)), [B, T]."""
@@ -328,10 +352,9 @@ def _last_state(post: State, finite) -> State:
     return {k: tf.where(finite, v[:, -1], tf.zeros_like(v[:, -1])) for k, v in post.items()}
 
 
-def meta_metrics(weights: tf.Tensor, upper: tf.Tensor, meta_weighter: MetaWeighter) -> dict:
+def meta_metrics(weights: tf.Tensor, upper: tf.Tensor, norm: ValueNormalizer) -> dict:
     """Statistics of the global batch's weights (equal on every replica)."""
     mean, var = replicas.moments(tf.reshape(weights, [-1]), [0])
-    norm = meta_weighter.value_norm
     return {
         "upper_loss": upper,
         "meta_weight_mean": mean,

@@ -107,10 +107,22 @@ class WorldModel(tf.keras.Model):
         return out
 
     # ----- step 1: infer --------------------------------------------------------
-    def infer(self, data: dict, state: State, seed=None) -> tuple[tf.Tensor, State, State]:
-        embed = self.encoder(data)
+    def infer(
+        self, data: dict, state: State, seed=None, embed: tf.Tensor | None = None
+    ) -> tuple[tf.Tensor, State, State]:
+        """Embeds the observations (unless `embed` is given) and runs the RSSM over them."""
+        if embed is None:
+            embed = self.encoder(data)
         post, prior = self.rssm.observe(embed, data["action"], data["is_first"], state, seed)
         return embed, post, prior
+
+    def latent_entropies(self, post: State, prior: State) -> dict[str, tf.Tensor]:
+        """Mean entropy of the posterior and prior latent distributions (logged)."""
+        dist = self.rssm.get_dist
+        return {
+            "prior_entropy": tf.reduce_mean(dist(prior).entropy()),
+            "post_entropy": tf.reduce_mean(dist(post).entropy()),
+        }
 
     # ----- step 4: per-sample terms and the weighted loss ------------------------
     def log_likelihoods(self, data: dict, post: State) -> dict[str, tf.Tensor]:
