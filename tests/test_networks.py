@@ -151,11 +151,19 @@ def test_onehot_sample_has_straight_through_gradient():
     assert float(tf.reduce_sum(sample)) == pytest.approx(1.0, abs=1e-6)
 
 
-def test_meta_weighter_range():
+def test_meta_weighter_standardizes_its_logits_before_the_squash():
+    """The released `norm_out`: with its initial scale 1 and offset 0 the logits
+    have batch mean 0 and variance 1 (up to the 1e-3 epsilon) whatever the
+    inputs, so the weights centre on 1 instead of drifting to a bound."""
     meta = MetaWeighter(layers=2, units=8)
-    weights = meta(100.0 * tf.random.normal([2, 5, 9]), training=True)
+    weights = meta(100.0 * tf.random.normal([2, 5, 9]) + 30.0, training=True).numpy()
     assert weights.shape == (2, 5)
-    assert float(tf.reduce_min(weights)) >= 0.75 and float(tf.reduce_max(weights)) <= 1.25
+    assert weights.min() >= 0.75 and weights.max() <= 1.25
+    logits = np.log((weights - 0.75) / (1.25 - weights))  # inverse of 0.75 + sigmoid / 2
+    assert abs(logits.mean()) < 1e-3
+    assert logits.var() == pytest.approx(1.0, abs=0.02)
+    without = MetaWeighter(layers=2, units=8, norm="none")
+    assert without.out_norm is None
 
 
 def test_value_normalizer_uses_the_joint_statistics():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tempo.networks.mlp import MLP, leading_shape, restore_leading
+from tempo.networks.mlp import MLP, leading_shape, norm_layer, restore_leading
 
 
 class MetaWeighter(tf.keras.Model):
@@ -34,11 +34,14 @@ class MetaWeighter(tf.keras.Model):
         self.low, self.high = low, high
         self.mlp = MLP(layers, units, act, norm, name="mlp", dtype=self.dtype_policy)
         self.out = tf.keras.layers.Dense(1, name="out", dtype=self.dtype_policy)
+        self.out_norm = norm_layer(norm, "out_norm", dtype=self.dtype_policy)
 
     def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         """Weights of shape inputs.shape[:-1]."""
         lead = leading_shape(inputs, 1)
         x = self.out(self.mlp(tf.reshape(inputs, [-1, inputs.shape[-1]]), training=training))
+        if self.out_norm is not None:  # statistics over every sample of the batch
+            x = self.out_norm(x, training=training)
         x = restore_leading(x, lead)[..., 0]
         x = tf.cast(x, tf.float32) if x.dtype in (tf.float16, tf.bfloat16) else x
         return self.low + (self.high - self.low) * tf.nn.sigmoid(x)
