@@ -59,8 +59,9 @@ class DistLayer(tf.keras.layers.Layer):
         if self._dist == "normal":
             std = tf.nn.softplus(std + self._init_std) + self._min_std
             return dists.independent(dists.tfd.Normal(out, std), event_dims)
-        # trunc_normal: DreamerV2's squashed mean and sigmoid-bounded std.
-        std = 2.0 * tf.nn.sigmoid((std + 2.0) / 2.0) + self._min_std
+        # trunc_normal: DreamerV2's squashed mean and sigmoid-bounded std (init_std
+        # 0 for the actor: a std of 2 * sigmoid(0) + 0.1 = 1.1 at zero output).
+        std = 2.0 * tf.nn.sigmoid((std + self._init_std) / 2.0) + self._min_std
         dist = dists.ClippedTruncatedNormal(tf.tanh(out), std, -1.0, 1.0)
         return dists.independent(dist, event_dims)
 
