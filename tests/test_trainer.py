@@ -72,16 +72,29 @@ def test_carried_state_and_second_update_reuse_the_compiled_graph():
 
 
 def test_slow_critic_copies_the_critic_every_n_updates():
+    """As released: after the critic's step of update 0 V_slow becomes a copy of
+    the critic; every `slow_target_update` updates after that it mixes in
+    `slow_target_fraction` of the critic; in between it stays frozen."""
     trainer = tiny_trainer(SHAPES, discrete=True, meta=False)
-    trainer.behavior.slow_target_update = 2
+    behavior = trainer.behavior
+    behavior.slow_target_update, behavior.slow_target_fraction = 2, 0.25
     data = random_batch(SHAPES, 3, True, batch=2, length=4)
-    state = trainer.initial_state(2)
-    state, _ = trainer.train(data, state)  # update 0: copy, then critic moves
-    critic, slow = trainer.behavior.critic, trainer.behavior.slow_critic
-    assert not np.array_equal(critic.variables[0].numpy(), slow.variables[0].numpy())
-    frozen = slow.variables[0].numpy().copy()
+    critic, slow = behavior.critic, behavior.slow_critic
+    values = lambda net: [v.numpy().copy() for v in net.variables]
+    # build() gave V_slow its own weights: the first copy is what makes them equal.
+    slow.variables[0].assign_add(tf.ones_like(slow.variables[0]))
+    state, _ = trainer.train(data, trainer.initial_state(2))  # update 0: step, then copy
+    for a, b in zip(values(critic), values(slow)):
+        np.testing.assert_array_equal(a, b)
+    frozen = values(slow)
     state, _ = trainer.train(data, state)  # update 1: no copy
-    np.testing.assert_array_equal(slow.variables[0].numpy(), frozen)
+    for a, b in zip(values(slow), frozen):
+        np.testing.assert_array_equal(a, b)
+    assert not all(np.array_equal(a, c) for a, c in zip(values(slow), values(critic)))
+    state, _ = trainer.train(data, state)  # update 2: V_slow <- 0.25 V + 0.75 V_slow
+    for got, before, fast in zip(values(slow), frozen, values(critic)):
+        np.testing.assert_allclose(got, 0.25 * fast + 0.75 * before, rtol=1e-6, atol=1e-7)
+    assert int(behavior.updates) == 3
 
 
 @pytest.mark.parametrize("meta", [True, False])

@@ -23,9 +23,10 @@ class ActorCritic(tf.Module):
     baseline ('reinforce', discrete actions), plus an entropy bonus; the critic
     regresses the returns weighted by the cumulative discount.
 
-    One step is four phases so that a trainer can run the gradient phase on
-    every replica and the variable updates once: `update_slow_critic`,
-    `gradients` (+ `finite`), `apply` (or `skip`), `finish`.
+    One step is three phases so that a trainer can run the gradient phase on
+    every replica and the variable updates once: `gradients` (+ `finite`),
+    `apply` (or `skip`), and `finish`, which updates V_slow after the critic's
+    step, as the released code does.
     """
 
     def __init__(
@@ -125,6 +126,7 @@ class ActorCritic(tf.Module):
     def finish(self, metrics: dict, finite: tf.Tensor) -> dict[str, tf.Tensor]:
         metrics = dict(metrics)
         metrics["behavior_skipped"] = 1.0 - tf.cast(finite, tf.float32)
+        self.update_slow_critic()
         self.updates.assign_add(1)
         return metrics
 
@@ -160,12 +162,15 @@ class ActorCritic(tf.Module):
         return -tf.reduce_mean(dist.log_prob(tf.stop_gradient(target)) * weight[:-1])
 
     def update_slow_critic(self) -> None:
-        """Every `slow_target_update` updates: V_slow <- mix * V + (1 - mix) * V_slow."""
-        mix = self.slow_target_fraction
+        """Every `slow_target_update` updates (counting from the first, after its
+        critic step): V_slow <- mix * V + (1 - mix) * V_slow, where mix is
+        `slow_target_fraction` except at the first update, which copies V."""
 
         def update():
+            first = tf.cast(tf.equal(self.updates, 0), tf.float32)
+            mix = first + (1.0 - first) * self.slow_target_fraction
             for slow, fast in zip(self.slow_critic.variables, self.critic.variables):
-                slow.assign(mix * fast + (1 - mix) * slow)
+                slow.assign(tf.cast(mix, slow.dtype) * fast + tf.cast(1.0 - mix, slow.dtype) * slow)
             return tf.constant(True)
 
         due = tf.equal(self.updates % self.slow_target_update, 0)

@@ -238,7 +238,6 @@ class BilevelTrainer(tf.Module):
     def _behavior_step(self, post: State, is_terminal, seed, allowed) -> dict:
         """Step 7 with the updated world model; skipped with the model step."""
         behavior = self.behavior
-        behavior.update_slow_critic()
         scale = None if self.loss_scale is None else self.loss_scale.scale
         actor_grads, critic_grads, metrics = self._run(
             behavior.gradients, self.world_model, post, is_terminal, seed, scale
