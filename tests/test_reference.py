@@ -86,6 +86,8 @@ def small_bindings(config: dict) -> list[str]:
     bindings += [f"{h}.units = {config['meta.units']}" for h in heads]
     if "rssm.discrete" in config:
         bindings.append(f"RSSM.discrete = {config['rssm.discrete']}")
+    if "kl.free" in config:
+        bindings.append(f"WorldModel.kl_free = {config['kl.free']}")
     return bindings
 
 

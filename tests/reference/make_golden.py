@@ -76,8 +76,15 @@ CONFIGS = {
         discrete=False,
         small={"rssm.discrete": 4},
     ),
+    # Free nats 0.2 instead of dmc_vision's 1.0: the KL stays above it, so its
+    # gradient (Gaussian latents, weighted per sample) is compared too; proprio
+    # keeps 1.0 and checks the clamp.
     "vision": dict(
-        suite="dmc_vision", obs={"image": (64, 64, 3)}, actions=2, discrete=False, small={}
+        suite="dmc_vision",
+        obs={"image": (64, 64, 3)},
+        actions=2,
+        discrete=False,
+        small={"kl.free": 0.2},
     ),
     "atari": dict(
         suite="atari",
@@ -506,7 +513,7 @@ def generate(name: str, spec: dict, tf, common, agent_module) -> dict:
     out.update({f"state/{k}": v for k, v in state.items()})
     before = None
     for mode in ("tempo", "dreamerv2"):
-        tf.random.set_seed(0)
+        tf.keras.utils.set_random_seed(0)  # Python, numpy and TF: the initializers
         agent = build_agent(
             tf,
             common,
