@@ -40,7 +40,12 @@ def main(argv):
             overrides = [f"train.task = {FLAGS.task!r}"] if FLAGS.task else []
             env_config = configurables.run_env_config(FLAGS.logdir, [*FLAGS.gin_param, *overrides])
             returns = evaluate_checkpoint(
-                FLAGS.logdir, FLAGS.episodes, FLAGS.seed, env_config, configurables.build_trainer
+                FLAGS.logdir,
+                FLAGS.episodes,
+                FLAGS.seed,
+                env_config,
+                configurables.build_trainer,
+                eval_state_mean=configurables.run_setting("train.eval_state_mean", False),
             )
         else:
             env_config = {"task": FLAGS.task} if FLAGS.task else None

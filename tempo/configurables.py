@@ -146,6 +146,14 @@ def check_binding_types() -> None:
                 )
 
 
+def run_setting(name: str, default):
+    """A parsed binding (after `run_env_config`), or `default` when unbound."""
+    try:
+        return gin.query_parameter(name)
+    except ValueError:
+        return default
+
+
 def run_env_config(logdir: str, gin_params: list[str]) -> dict:
     """Parses a run's config.gin and returns its environment settings."""
     config = os.path.join(logdir, "config.gin")
@@ -154,8 +162,7 @@ def run_env_config(logdir: str, gin_params: list[str]) -> dict:
     parse_config([config], gin_params)
     env_config = {"task": gin.query_parameter("train.task")}
     for key in ENV_KEYS:
-        try:
-            env_config[key] = gin.query_parameter(f"train.{key}")
-        except ValueError:
-            pass  # not bound: the suite default, as in training
+        value = run_setting(f"train.{key}", None)
+        if value is not None:  # unbound: the suite default, as in training
+            env_config[key] = value
     return env_config

@@ -25,7 +25,9 @@ def run_episodes(env, policy, episodes: int, action_size: int) -> tuple[list[flo
     return returns, lengths
 
 
-def restore_agent(logdir: str | os.PathLike, env, trainer_fn: Callable):
+def restore_agent(
+    logdir: str | os.PathLike, env, trainer_fn: Callable, eval_state_mean: bool = False
+):
     """Rebuilds a run's agent for `env` with `trainer_fn` and restores its latest
     checkpoint (raises ConfigError when there is none)."""
     import tensorflow as tf
@@ -38,7 +40,7 @@ def restore_agent(logdir: str | os.PathLike, env, trainer_fn: Callable):
         raise ConfigError(f"No checkpoint in {checkpoints}.")
     shapes = {k: tuple(s.shape) for k, s in env.obs_space.items() if k not in RESERVED}
     trainer = trainer_fn(shapes, int(env.act_space.shape[0]), env.discrete)
-    agent = Agent(trainer)
+    agent = Agent(trainer, eval_state_mean=eval_state_mean)
     tf.train.Checkpoint(trainer=trainer, agent=agent).restore(latest).expect_partial()
     return agent
 
@@ -49,11 +51,13 @@ def evaluate_checkpoint(
     seed: int,
     env_config: dict,
     trainer_fn: Callable,
+    eval_state_mean: bool = False,
 ) -> list[float]:
-    """Runs `episodes` episodes with mode actions of a run's latest checkpoint."""
+    """Runs `episodes` episodes with mode actions of a run's latest checkpoint
+    (on sampled latents, or their mode with `eval_state_mean`)."""
     env = make_env_batch(env_config, seed)
     try:
-        agent = restore_agent(logdir, env, trainer_fn)
+        agent = restore_agent(logdir, env, trainer_fn, eval_state_mean)
         policy = lambda obs, state: agent.policy(obs, state, explore=False)
         returns, _ = run_episodes(env, policy, episodes, agent.action_size)
     finally:

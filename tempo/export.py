@@ -4,7 +4,9 @@ The loaded object has two `tf.function`s with input signatures:
 `initial_state(batch_size)` -> state dict, and `step(observation, state)` ->
 (action, new state), where `observation` holds every key the environment
 returns (with a leading batch dimension) and the action is the mode action in
-the environment's convention (one-hot or in [-1, 1]). `policy_spec.json`
+the environment's convention (one-hot or in [-1, 1]), from the posterior
+latent's mode: a deterministic policy (the release samples the latent when it
+evaluates; `train.eval_state_mean = True` makes evaluation act like this). `policy_spec.json`
 beside it lists the observation keys, shapes and dtypes.
 """
 
@@ -54,7 +56,7 @@ class ExportedPolicy(tf.Module):
 
     def _step(self, observation, state):
         no_seed = tf.zeros([2], tf.int32)
-        return self._agent.value.step(observation, state, False, no_seed)
+        return self._agent.value.step(observation, state, False, no_seed, sample_latent=False)
 
     def _serve(self, observation, state):
         action, new_state = self._step(observation, state)

@@ -49,6 +49,7 @@ def train(
     train_steps: int = 1,
     eval_every: int = 10_000,
     eval_episodes: int = 1,
+    eval_state_mean: bool = False,
     log_every: int = 1_000,
     video_every: int = 10_000,
     checkpoint_every: int = 10_000,
@@ -63,6 +64,10 @@ def train(
     (`parallel_envs`) does to the run: 'raise' stops it (a checkpoint is saved),
     'restart' replaces the worker, up to `env_max_restarts` times, dropping only
     that environment's unfinished episode.
+
+    Evaluation acts with the actor's mode on a sampled posterior latent, as the
+    released code does; `eval_state_mean` uses the latent's mode instead (the
+    exported policy always does).
 
     `on_start(logdir)` runs once the task is valid, the agent is built and any
     checkpoint in the logdir restored (the launcher saves its configuration
@@ -123,7 +128,7 @@ def train(
         prioritize_ends=prioritize_ends,
         seed=seed + worker,
     )
-    agent = Agent(trainer, seed=seed)
+    agent = Agent(trainer, seed=seed, eval_state_mean=eval_state_mean)
     agent_steps = tf.Variable(0, dtype=tf.int64, name="agent_steps")
     checkpoint = tf.train.Checkpoint(trainer=trainer, agent=agent, agent_steps=agent_steps)
     manager = tf.train.CheckpointManager(checkpoint, logdir / "checkpoints", max_to_keep=3)

@@ -212,8 +212,12 @@ def test_evaluate_and_export_launchers(tmp_path):
     spec = json.loads((logdir / "saved_model" / "policy_spec.json").read_text())
     assert spec["env"]["task"] == "gym_CartPole-v1"
     results = []
+    # The export acts on the latent's mode; the checkpoint does too when told so.
+    mode = "--gin_param=train.eval_state_mean = True"
     for source in (f"--logdir={logdir}", f"--saved_model={logdir / 'saved_model'}"):
-        out = run("launch.evaluate", source, "--episodes=2")
+        out = run(
+            "launch.evaluate", source, "--episodes=2", *([mode] if "logdir" in source else [])
+        )
         assert out.returncode == 0, out.stderr[-2000:]
         result = json.loads(out.stdout.strip().splitlines()[-1])
         assert result["episodes"] == 2 and len(result["returns"]) == 2

@@ -218,3 +218,24 @@ def test_tempo_with_weights_of_one_updates_like_dreamerv2():
     for mine, theirs in zip(nets(tempo), nets(dreamer)):
         for a, b in zip(mine.variables, theirs.variables):
             np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.name)
+
+
+@pytest.mark.parametrize("eval_state_mean", [False, True])
+def test_evaluation_samples_the_latent_as_released_unless_told_not_to(eval_state_mean):
+    """The release's policy in 'eval' mode samples the posterior latent
+    (eval_state_mean: False) and takes the actor's mode: two seeds give two
+    latents. With eval_state_mean the latent is the mode: seeds do not matter."""
+    from tempo.agent.agent import Agent
+
+    trainer = tiny_trainer(SHAPES, discrete=True, meta=False)
+    agent = Agent(trainer, eval_state_mean=eval_state_mean)
+    obs = {k: v[:, 0] for k, v in random_batch(SHAPES, 3, True, batch=4, length=1).items()}
+    state = agent.initial_state(4)
+    latents = [
+        agent.step(obs, state, False, tf.constant([seed, 0]))[1]["stoch"].numpy() for seed in (1, 2)
+    ]
+    assert np.array_equal(latents[0], latents[1]) == eval_state_mean
+    explored = [
+        agent.step(obs, state, True, tf.constant([seed, 0]))[1]["stoch"].numpy() for seed in (1, 2)
+    ]
+    assert not np.array_equal(*explored)

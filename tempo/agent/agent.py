@@ -16,12 +16,21 @@ class Agent(tf.Module):
 
     The policy state is the posterior RSSM state plus the previous action; an
     observation with `is_first` resets both (inside `RSSM.obs_step`). `explore`
-    samples from the actor, otherwise the mode (deterministic) action is taken.
+    samples the latent and the action. Otherwise the action is the actor's mode
+    and the latent is sampled as in the released code, or is the posterior's
+    mode with `eval_state_mean=True` (a deterministic policy).
     """
 
-    def __init__(self, trainer: BilevelTrainer, seed: int = 0, name: str = "agent"):
+    def __init__(
+        self,
+        trainer: BilevelTrainer,
+        seed: int = 0,
+        eval_state_mean: bool = False,
+        name: str = "agent",
+    ):
         super().__init__(name=name)
         self.trainer = trainer
+        self.eval_state_mean = eval_state_mean
         self.world_model = trainer.world_model
         self.actor = trainer.behavior.actor
         self.rng = tf.random.Generator.from_seed(seed + 1)
@@ -56,19 +65,28 @@ class Agent(tf.Module):
         action, state = self._compiled_step(obs, state, bool(explore), seed)
         return action.numpy(), state
 
-    def step(self, obs: dict, state: PolicyState, explore: bool, seed: tf.Tensor):
+    def step(
+        self,
+        obs: dict,
+        state: PolicyState,
+        explore: bool,
+        seed: tf.Tensor,
+        sample_latent: bool | None = None,
+    ):
         """One uncompiled policy step on tensors (the SavedModel export traces it).
 
-        Exploring samples the latent and the action; otherwise both are modes, so
-        evaluation and the exported policy are deterministic functions of the
-        observations (DreamerV2 samples the latent in evaluation too)."""
+        `sample_latent` (default: when exploring, or when not `eval_state_mean`)
+        samples the posterior latent; the export passes False, so that the
+        exported policy is a deterministic function of the observations."""
+        if sample_latent is None:
+            sample_latent = explore or not self.eval_state_mean
         wm = self.world_model
         data = wm.preprocess(obs)
         latent = {k: v for k, v in state.items() if k != "action"}
         embed = wm.encoder(data)
         obs_seed, act_seed = split_seed(seed, 2)
         latent, _ = wm.rssm.obs_step(
-            latent, state["action"], embed, obs["is_first"], obs_seed, sample=explore
+            latent, state["action"], embed, obs["is_first"], obs_seed, sample=sample_latent
         )
         dist = self.actor(wm.rssm.get_feat(latent))
         action = dist.sample(seed=act_seed) if explore else dist.mode()
