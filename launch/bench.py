@@ -25,19 +25,8 @@ import time
 
 from absl import app, flags
 
-CONFIGS = {
-    # name: (gin files, observation shapes, action size, discrete actions)
-    "debug": (["dmc_vision", "debug"], {"image": (64, 64, 3)}, 6, False),
-    "dmc_proprio": (
-        ["dmc_proprio"],
-        {"orientations": (14,), "height": (1,), "velocity": (9,)},
-        6,
-        False,
-    ),
-    "cpu": (["dmc_proprio", "cpu"], {"position": (3,), "velocity": (2,)}, 1, False),
-    "dmc_vision": (["dmc_vision"], {"image": (64, 64, 3)}, 6, False),
-    "atari": (["atari"], {"image": (64, 64, 1)}, 6, True),
-}
+from launch.common import CONFIGS
+
 MODES = ("tempo", "dreamerv2")
 
 flags.DEFINE_list("configs", ["debug", "dmc_proprio", "dmc_vision", "atari"], "Configs to run.")
