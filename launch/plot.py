@@ -2,10 +2,12 @@ r"""Learning curves (eval return vs env frames) from run directories.
 
   python -m launch.plot --logdirs 'logdir/*' --out docs/curves
 
-Writes <out>.png (one panel per task, mean and min-max band over seeds per
-method), <out>.csv (the numbers plotted) and <out>.md (a table of final and
-area-under-curve returns, frames and training wall-clock per task and method),
-and prints the table.
+Writes <out>.png (one panel per task; per method the mean over seeds, each
+seed's curve and the min-max band), <out>.csv (the numbers plotted) and <out>.md
+(per task and method: final and area-under-curve returns as mean and standard
+deviation over seeds, frames, training wall-clock, each run's first rewarded
+frame; and each method minus DreamerV2 with a 95% bootstrap interval over
+seeds), and prints the tables. `--max_frames` compares runs at one budget.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from absl import app, flags
 flags.DEFINE_list("logdirs", None, "Run directories or glob patterns (comma separated).")
 flags.DEFINE_string("out", "curves", "Output path without extension.")
 flags.DEFINE_string("metric", "eval/return", "metrics.jsonl key to plot.")
+flags.DEFINE_integer("max_frames", None, "Ignore everything logged after this env frame.")
 flags.mark_flag_as_required("logdirs")
 FLAGS = flags.FLAGS
 
@@ -31,7 +34,7 @@ def main(argv):
     runs = []
     for path in paths:
         try:
-            runs.append(plotting.load_run(path, FLAGS.metric))
+            runs.append(plotting.load_run(path, FLAGS.metric, FLAGS.max_frames))
         except ValueError as error:
             print(f"skipping: {error}", file=sys.stderr)
     if not runs:

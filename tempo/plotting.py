@@ -1,5 +1,8 @@
 """Learning curves from run directories: eval return vs env frames, grouped by
-task and method, mean with a min-max band over seeds."""
+task and method: the mean over seeds with a min-max band and each seed's own
+curve, per-seed final and area-under-curve returns (mean and standard
+deviation over seeds), each TEMPO method minus DreamerV2 with a bootstrap
+interval over seeds, and the frame of each run's first rewarded episode."""
 
 from __future__ import annotations
 
@@ -37,9 +40,13 @@ def method_name(bindings: dict) -> str:
     return f"tempo-{bindings.get('BilevelTrainer.hypergrad_sign', 'released')}"
 
 
-def load_run(logdir: str | os.PathLike, metric: str = "eval/return") -> dict:
-    """{task, method, seed, steps, values, wall_s, frames} of one run directory
-    (wall_s: `training_seconds`; frames: the last env frame logged)."""
+def load_run(
+    logdir: str | os.PathLike, metric: str = "eval/return", max_frames: int | None = None
+) -> dict:
+    """{task, method, seed, steps, values, wall_s, frames, first_reward} of one run
+    directory (wall_s: `training_seconds`; frames: the last env frame logged;
+    first_reward: `first_rewarded_frame`). `max_frames` drops what came later, so
+    that runs of different lengths compare at one budget."""
     logdir = pathlib.Path(logdir)
     config, metrics = logdir / "config.gin", logdir / "metrics.jsonl"
     if not config.exists() or not metrics.exists():
@@ -48,6 +55,8 @@ def load_run(logdir: str | os.PathLike, metric: str = "eval/return") -> dict:
         )
     bindings = read_bindings(config)
     records = read_records(metrics)
+    if max_frames is not None:
+        records = [r for r in records if int(r["step"]) <= max_frames]
     steps, values = [], []
     for record in records:
         if record.get(metric) is not None:
@@ -62,7 +71,34 @@ def load_run(logdir: str | os.PathLike, metric: str = "eval/return") -> dict:
         "values": np.asarray(values),
         "wall_s": training_seconds(records),
         "frames": max((int(r["step"]) for r in records), default=0),
+        "first_reward": first_rewarded_frame(logdir, bindings, max_frames),
     }
+
+
+def first_rewarded_frame(
+    logdir: str | os.PathLike, bindings: dict, max_frames: int | None = None
+) -> int | None:
+    """The env frame at the end of the first episode after the random prefill
+    with a positive return, from the run's replay (episode files in time
+    order, their lengths in agent steps), or None if there is none (up to
+    `max_frames`). On a sparse task this is when the agent first found reward."""
+    from tempo.envs import DEFAULT_ACTION_REPEAT
+    from tempo.replay import episode_files_in_order
+
+    task = str(bindings.get("train.task", ""))
+    repeat = bindings.get("train.action_repeat") or DEFAULT_ACTION_REPEAT.get(task.split("_")[0], 1)
+    prefill = int(bindings.get("train.prefill", 0))
+    steps = 0
+    for path, length in episode_files_in_order(pathlib.Path(logdir) / "replay"):
+        start, steps = steps, steps + length
+        if max_frames is not None and steps * repeat > max_frames:
+            return None
+        if start < prefill:
+            continue
+        with np.load(path) as episode:
+            if float(np.sum(episode["reward"])) > 0:
+                return int(steps * repeat)
+    return None
 
 
 def training_seconds(records: list[dict]) -> float:
@@ -82,52 +118,124 @@ def training_seconds(records: list[dict]) -> float:
 
 
 def aggregate(runs: list[dict]) -> dict[tuple[str, str], dict]:
-    """Per (task, method): the steps every seed evaluated at, with the mean, min
-    and max over seeds, and the area under the mean curve (trapezoid, per frame)."""
+    """Per (task, method): the steps every seed evaluated at, each seed's curve
+    there, the mean, min and max over seeds, and per seed the final return and
+    the area under its curve (trapezoid, per frame); `final` and `auc` are their
+    means over seeds (the AUC of the mean curve), `*_std` their standard
+    deviations (ddof 1; 0 for one seed)."""
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for run in runs:
         groups[(run["task"], run["method"])].append(run)
     curves = {}
     for key, members in sorted(groups.items()):
+        members = sorted(members, key=lambda r: r["seed"])
         common = set(members[0]["steps"].tolist())
         for run in members[1:]:
             common &= set(run["steps"].tolist())
         steps = np.array(sorted(common))
         table = np.array([[dict(zip(r["steps"], r["values"]))[s] for s in steps] for r in members])
-        mean = table.mean(0) if len(steps) else np.array([])
-        span = steps[-1] - steps[0] if len(steps) > 1 else 0
-        trapezoid = float(np.sum((mean[1:] + mean[:-1]) / 2 * np.diff(steps))) if span else 0.0
+        table = table.reshape(len(members), len(steps))
+        finals = table[:, -1] if len(steps) else np.full(len(members), np.nan)
+        aucs = np.array([area_under_curve(steps, row) for row in table])
         curves[key] = {
             "steps": steps,
-            "mean": mean,
-            "min": table.min(0) if len(steps) else mean,
-            "max": table.max(0) if len(steps) else mean,
-            "seeds": sorted(r["seed"] for r in members),
-            "final": float(mean[-1]) if len(steps) else float("nan"),
-            "auc": trapezoid / span if span else float("nan"),
+            "per_seed": table,
+            "mean": table.mean(0) if len(steps) else np.array([]),
+            "min": table.min(0) if len(steps) else np.array([]),
+            "max": table.max(0) if len(steps) else np.array([]),
+            "seeds": [r["seed"] for r in members],
+            "seed_final": finals,
+            "seed_auc": aucs,
+            "final": float(np.mean(finals)),
+            "final_std": _std(finals),
+            "auc": float(np.mean(aucs)),
+            "auc_std": _std(aucs),
+            "first_reward": [r.get("first_reward") for r in members],
             "wall_s": float(np.mean([r["wall_s"] for r in members])),
             "frames": int(min(r["frames"] for r in members)),
         }
     return curves
 
 
-def summary_table(curves: dict) -> str:
-    """A markdown table per (task, method): seeds, frames trained (the fewest of
-    any seed), the last and area-under-curve eval returns of the mean curve, and
-    the training wall-clock, in all and per 100k frames (mean over seeds)."""
+def area_under_curve(steps: np.ndarray, values: np.ndarray) -> float:
+    """Mean return over the evaluated frames: the trapezoid area over the span
+    (NaN with fewer than two evaluations)."""
+    if len(steps) < 2 or steps[-1] == steps[0]:
+        return float("nan")
+    area = np.sum((values[1:] + values[:-1]) / 2 * np.diff(steps))
+    return float(area / (steps[-1] - steps[0]))
+
+
+def _std(values: np.ndarray) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def differences(
+    curves: dict, baseline: str = "dreamerv2", resamples: int = 10_000, seed: int = 0
+) -> list[dict]:
+    """Each other method minus `baseline` per task, in final and AUC return: the
+    difference of the means over seeds with a 95% percentile bootstrap interval
+    (seeds resampled with replacement, each method on its own). With three seeds
+    a side the interval is coarse; it is what the seeds can say, no more."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for (task, method), curve in curves.items():
+        base = curves.get((task, baseline))
+        if method == baseline or base is None:
+            continue
+        row = {"task": task, "method": method, "seeds": len(curve["seeds"])}
+        row["baseline_seeds"] = len(base["seeds"])
+        for stat in ("final", "auc"):
+            ours, theirs = curve[f"seed_{stat}"], base[f"seed_{stat}"]
+            diff = float(np.mean(ours) - np.mean(theirs))
+            a = rng.choice(ours, (resamples, len(ours)))
+            b = rng.choice(theirs, (resamples, len(theirs)))
+            low, high = np.percentile(a.mean(1) - b.mean(1), [2.5, 97.5])
+            row[stat] = (diff, float(low), float(high))
+        rows.append(row)
+    return rows
+
+
+def summary_table(curves: dict, baseline: str = "dreamerv2") -> str:
+    """Markdown tables: per (task, method) the seeds, frames trained (the fewest
+    of any seed), final and area-under-curve returns (mean and standard
+    deviation over seeds), the training wall-clock in all and per 100k frames
+    (mean over seeds) and each run's first rewarded frame; then each method
+    minus `baseline` with its bootstrap interval."""
     lines = [
-        "| task | method | seeds | frames | final | AUC | training h | h per 100k frames |",
-        "|---|---|---|---|---|---|---|---|",
+        "| task | method | seeds | frames | final | AUC | training h | h per 100k frames "
+        "| first rewarded frame per seed |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for (task, method), c in curves.items():
         # No timed interval yet (only the first, which is not counted): no hours.
         hours = c["wall_s"] / 3600 if c["wall_s"] > 0 else float("nan")
         per_100k = hours * 100_000 / c["frames"] if c["frames"] else float("nan")
         seeds = ",".join(str(s) for s in c["seeds"])
+        final, auc = _fmt(c["final"], 1), _fmt(c["auc"], 1)
+        if len(c["seeds"]) > 1:
+            final += f" ± {_fmt(c['final_std'], 1)}"
+            auc += f" ± {_fmt(c['auc_std'], 1)}"
+        first = ", ".join("none" if f is None else f"{f:,}" for f in c["first_reward"])
         lines.append(
-            f"| {task} | {method} | {seeds} | {c['frames']:,} | {_fmt(c['final'], 1)} | "
-            f"{_fmt(c['auc'], 1)} | {_fmt(hours, 2)} | {_fmt(per_100k, 2)} |"
+            f"| {task} | {method} | {seeds} | {c['frames']:,} | {final} | {auc} | "
+            f"{_fmt(hours, 2)} | {_fmt(per_100k, 2)} | {first} |"
         )
+    rows = differences(curves, baseline)
+    if rows:
+        lines += [
+            "",
+            f"Minus {baseline}: difference of the means over seeds [95% bootstrap interval]",
+            "",
+            "| task | method | seeds (vs baseline) | final | AUC |",
+            "|---|---|---|---|---|",
+        ]
+        cell = lambda d: f"{_fmt(d[0], 1)} [{_fmt(d[1], 1)}, {_fmt(d[2], 1)}]"
+        for r in rows:
+            lines.append(
+                f"| {r['task']} | {r['method']} | {r['seeds']} ({r['baseline_seeds']}) | "
+                f"{cell(r['final'])} | {cell(r['auc'])} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -139,16 +247,18 @@ def _fmt(value: float, digits: int) -> str:
 def write_csv(curves: dict, path: str | os.PathLike) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["task", "method", "step", "mean", "min", "max", "seeds"])
+        writer.writerow(["task", "method", "step", "mean", "min", "max", "seeds", "per_seed"])
         for (task, method), curve in curves.items():
             seeds = " ".join(str(s) for s in curve["seeds"])
             for i, step in enumerate(curve["steps"]):
                 row = [curve["mean"][i], curve["min"][i], curve["max"][i]]
-                writer.writerow([task, method, int(step), *(f"{x:.3f}" for x in row), seeds])
+                each = " ".join(f"{x:.3f}" for x in curve["per_seed"][:, i])
+                writer.writerow([task, method, int(step), *(f"{x:.3f}" for x in row), seeds, each])
 
 
 def plot_curves(curves: dict, path: str | os.PathLike, ylabel: str = "eval return") -> None:
-    """One panel per task, one line (mean) and band (min-max over seeds) per method."""
+    """One panel per task; per method the mean (thick), each seed (thin) and the
+    min-max band over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -161,10 +271,13 @@ def plot_curves(curves: dict, path: str | os.PathLike, ylabel: str = "eval retur
             if t != task or not len(curve["steps"]):
                 continue
             label = f"{method} ({len(curve['seeds'])} seed{'s' if len(curve['seeds']) > 1 else ''})"
-            (line,) = ax.plot(curve["steps"], curve["mean"], label=label)
+            (line,) = ax.plot(curve["steps"], curve["mean"], label=label, linewidth=2)
             ax.fill_between(
-                curve["steps"], curve["min"], curve["max"], color=line.get_color(), alpha=0.2
+                curve["steps"], curve["min"], curve["max"], color=line.get_color(), alpha=0.15
             )
+            if len(curve["seeds"]) > 1:  # each seed, thin, under the mean
+                for row in curve["per_seed"]:
+                    ax.plot(curve["steps"], row, color=line.get_color(), linewidth=0.6, alpha=0.6)
         ax.set_title(task)
         ax.set_xlabel("env frames")
         ax.set_ylabel(ylabel)

@@ -63,6 +63,20 @@ def _parse_name(name: str) -> tuple[datetime.datetime, int] | None:
     return stamp, int(length)
 
 
+def episode_files_in_order(directory: str | os.PathLike) -> list[tuple[Path, int]]:
+    """(path, length) of every episode file in a replay directory, oldest first
+    (file names order by time); files not named as episodes are left out."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    named = sorted(
+        (path.name, path, parsed[1])
+        for path in directory.glob("*.npz")
+        if (parsed := _parse_name(path.name)) is not None
+    )
+    return [(path, length) for _, path, length in named]
+
+
 def _episode_length(episode: Mapping[str, np.ndarray]) -> int:
     """The common leading length of all arrays; raises ValueError when they disagree."""
     lengths = {key: (value.shape[0] if value.ndim else None) for key, value in episode.items()}

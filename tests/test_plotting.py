@@ -47,6 +47,11 @@ def test_aggregate_by_hand(runs):
     np.testing.assert_allclose(tempo["min"], [10.0, 10.0, 50.0])
     np.testing.assert_allclose(tempo["max"], [20.0, 30.0, 70.0])
     assert tempo["seeds"] == [0, 1] and tempo["final"] == 60.0
+    np.testing.assert_allclose(tempo["per_seed"], [[10, 30, 50], [20, 10, 70]])
+    # Seed 0: (20 + 40) / 2 = 30; seed 1: (15 + 40) / 2 = 27.5 (per 1000 frames).
+    np.testing.assert_allclose(tempo["seed_auc"], [30.0, 27.5])
+    assert tempo["final_std"] == pytest.approx(np.std([50, 70], ddof=1))
+    assert tempo["auc_std"] == pytest.approx(np.std([30, 27.5], ddof=1))
     # Trapezoid over [1000, 3000]: (15 + 20) / 2 * 1000 + (20 + 60) / 2 * 1000 = 57500 -> / 2000.
     assert tempo["auc"] == pytest.approx(28.75)
     # frames / fps over the log intervals after the first: 1000 / 20 + 1000 / 30.
@@ -81,7 +86,11 @@ def test_launcher_writes_png_and_csv(runs, tmp_path):
     assert "tempo-lookahead" in result.stdout and "dreamerv2" in result.stdout
     table = (tmp_path / "curves.md").read_text()
     # seeds 0,1; 3000 frames; final 60; AUC 28.75; 50 + 33.3 s of training.
-    row = "| dmc_cartpole_swingup | tempo-released | 0,1 | 3,000 | 60.0 | 28.8 | 0.02 | 0.77 |"
+    # Per seed: final 50 and 70 (std 14.1); AUC 30 and 27.5 (std 1.8).
+    row = (
+        "| dmc_cartpole_swingup | tempo-released | 0,1 | 3,000 | 60.0 ± 14.1 | 28.8 ± 1.8 "
+        "| 0.02 | 0.77 | none, none |"
+    )
     assert row in table.splitlines() and row in result.stdout
 
 
@@ -89,10 +98,57 @@ def test_a_run_with_one_evaluation_has_no_auc_or_hours_yet(tmp_path):
     # One eval point and one log interval (the first, not timed): both undefined.
     fake_run(tmp_path, "a", {"train.task": "dmc_finger_spin"}, [(5000, 2.2)])
     curves = plotting.aggregate([plotting.load_run(tmp_path / "a")])
-    row = "| dmc_finger_spin | tempo-released | 0 | 5,000 | 2.2 | n/a | n/a | n/a |"
+    row = "| dmc_finger_spin | tempo-released | 0 | 5,000 | 2.2 | n/a | n/a | n/a | none |"
     assert row in plotting.summary_table(curves).splitlines()
 
 
 def test_not_a_run_directory(tmp_path):
     with pytest.raises(ValueError, match="not a tempo run directory"):
         plotting.load_run(tmp_path)
+
+
+def test_differences_to_dreamerv2_with_a_bootstrap_interval(runs):
+    curves = plotting.aggregate([plotting.load_run(runs / n) for n in "abc"])
+    (row,) = plotting.differences(curves)
+    assert row["method"] == "tempo-released" and (row["seeds"], row["baseline_seeds"]) == (2, 1)
+    diff, low, high = row["final"]
+    assert diff == pytest.approx(60.0 - 9.0)
+    # One baseline seed; TEMPO's seeds resampled: the mean is 50, 60 or 70, minus 9.
+    assert (low, high) == (pytest.approx(41.0), pytest.approx(61.0))
+    diff, low, high = row["auc"]
+    assert diff == pytest.approx(28.75 - 7.0)
+    assert low == pytest.approx(27.5 - 7.0) and high == pytest.approx(30.0 - 7.0)
+    table = plotting.summary_table(curves)
+    assert "| dmc_cartpole_swingup | tempo-released | 2 (1) | 51.0 [41.0, 61.0] |" in table
+
+
+def test_identical_seeds_give_a_zero_width_interval(tmp_path):
+    for name, meta in (("t0", True), ("t1", True), ("d0", False), ("d1", False)):
+        bindings = {"train.task": "dmc_finger_spin", "train.seed": int(name[1])}
+        fake_run(
+            tmp_path, name, {**bindings, "BilevelTrainer.meta": meta}, [(1000, 4.0), (2000, 8.0)]
+        )
+    curves = plotting.aggregate([plotting.load_run(p) for p in sorted(tmp_path.iterdir())])
+    (row,) = plotting.differences(curves)
+    assert row["final"] == (0.0, 0.0, 0.0) and row["auc"] == (0.0, 0.0, 0.0)
+
+
+def write_episode(replay, stamp, rewards):
+    name = f"20261126T0000{stamp:02d}000000-{'ab' * 16}-{len(rewards)}.npz"
+    np.savez_compressed(replay / name, reward=np.asarray(rewards, np.float32))
+
+
+def test_first_rewarded_frame_after_prefill_and_the_frame_cap(tmp_path):
+    bindings = {"train.task": "dmc_finger_spin", "train.prefill": 10, "train.action_repeat": 2}
+    logdir = fake_run(tmp_path, "run", bindings, [(40, 0.0), (80, 5.0), (120, 9.0)])
+    replay = logdir / "replay"
+    replay.mkdir()
+    write_episode(replay, 1, [0, 1, 0, 0, 0, 0, 0, 0, 0, 0])  # prefill (random actions): ignored
+    write_episode(replay, 2, [0] * 10)  # agent steps 10-20
+    write_episode(replay, 3, [0] * 9 + [0.5])  # steps 20-30: rewarded, ends at frame 60
+    write_episode(replay, 4, [1] * 10)
+    (replay / "notes.npz").write_bytes(b"")  # not an episode file name: skipped
+    assert plotting.load_run(logdir)["first_reward"] == 60
+    capped = plotting.load_run(logdir, max_frames=50)
+    assert capped["first_reward"] is None
+    assert capped["steps"].tolist() == [40] and capped["frames"] <= 50
