@@ -94,6 +94,10 @@ def test_seeding_reproducible():
     b, frames_b = rollout(5)
     np.testing.assert_array_equal(a, b)
     assert frames_a == frames_b
+    # Another seed draws other no-op starts and sticky repeats (a dropped seed
+    # would make every rollout the same): frames or pixels differ.
+    others = [rollout(seed) for seed in (6, 7)]
+    assert all(f != frames_a or not np.array_equal(x, a) for x, f in others)
 
 
 def test_life_loss_is_terminal_and_game_continues():

@@ -7,6 +7,7 @@ import tensorflow as tf
 import tempo  # noqa: F401
 from tempo.agent.kl import balanced_kl
 from tempo.agent.returns import lambda_return
+from tempo.agent.world_model import weighted_model_loss
 
 
 def numpy_lambda_return(reward, value, discount, bootstrap, lam):
@@ -76,3 +77,28 @@ def test_balanced_kl_gradient_split():
     assert all(
         g is None or float(tf.reduce_sum(tf.abs(g))) == 0 for g in tape.gradient(loss, [a, b])
     )
+
+
+def test_weighted_model_loss_with_weights_free_bits_and_atari_scales_by_hand():
+    """L = sum_k scale_k * -mean(w * l_k) + scale_kl * KL term, the weights also
+    inside the KL means (atari: kl 0.1, discount 5)."""
+    w = tf.constant([[0.8, 1.2], [1.0, 1.25]])
+    likes = {
+        "image": tf.constant([[-2.0, -4.0], [-1.0, -3.0]]),
+        "reward": tf.constant([[-0.5, -0.5], [-1.5, -0.5]]),
+        "discount": tf.constant([[-0.1, -0.2], [-0.3, -0.4]]),
+    }
+    kl = tf.constant([[1.0, 2.0], [3.0, 0.5]])
+    total, metrics = weighted_model_loss(
+        likes, (kl, kl), w, {"kl": 0.1, "discount": 5.0}, 0.8, 1.0, True
+    )
+    image = -(0.8 * -2 + 1.2 * -4 + 1.0 * -1 + 1.25 * -3) / 4  # 2.7875
+    reward = -(0.8 * -0.5 + 1.2 * -0.5 + 1.0 * -1.5 + 1.25 * -0.5) / 4  # 0.78125
+    discount = -(0.8 * -0.1 + 1.2 * -0.2 + 1.0 * -0.3 + 1.25 * -0.4) / 4  # 0.28
+    kl_term = max((0.8 * 1 + 1.2 * 2 + 1.0 * 3 + 1.25 * 0.5) / 4, 1.0)  # 1.70625
+    assert float(metrics["image_loss"]) == pytest.approx(image)
+    assert float(metrics["discount_loss"]) == pytest.approx(discount)
+    assert float(metrics["kl_loss"]) == pytest.approx(kl_term)
+    assert float(total) == pytest.approx(image + reward + 5.0 * discount + 0.1 * kl_term)
+    # The logged KL is the unweighted mean.
+    assert float(metrics["kl"]) == pytest.approx(6.5 / 4)

@@ -91,6 +91,48 @@ def test_is_first_resets_the_state():
         np.testing.assert_allclose(post[key], fresh[key], rtol=1e-6)
 
 
+def test_a_carried_state_conditions_the_posterior_unless_an_episode_starts():
+    rssm = RSSM(2, stoch=3, discrete=4, deter=5, hidden=5)
+    embed = tf.random.normal([2, 3, 7])
+    action = tf.random.normal([2, 3, 2])
+    carried = {k: v + 0.7 for k, v in rssm.initial(2).items()}
+    seed = tf.constant([3, 4])
+    fresh, _ = rssm.observe(embed, action, tf.constant([[True] * 3] * 2), None, seed=seed)
+    going_on = tf.constant([[False, False, False], [True, False, False]])
+    post, _ = rssm.observe(embed, action, going_on, carried, seed=seed)
+    # Row 0 continues the carried state: its first deterministic state differs.
+    assert not np.allclose(post["deter"][0, 0], fresh["deter"][0, 0])
+    # Row 1 starts an episode: the carried state is ignored at t = 0.
+    np.testing.assert_allclose(post["deter"][1, 0], fresh["deter"][1, 0], rtol=1e-6)
+
+
+def test_kl_terms_send_80_percent_of_the_gradient_to_the_prior():
+    """KL(sg(post) || prior) moves the prior and KL(post || sg(prior)) the
+    posterior: with balance 0.8 the prior's logits get 0.8 of the plain KL's
+    gradient, the posterior's 0.2 (swapping the stop-gradients swaps the shares)."""
+    from support import tiny_trainer
+
+    wm = tiny_trainer({"vector": (2,)}, meta=False).world_model
+    rng = np.random.default_rng(0)
+    logits = lambda: tf.Variable(rng.normal(size=(2, 3, 3, 4)).astype(np.float32))
+    post_logit, prior_logit = logits(), logits()
+    state = lambda logit: {
+        "logit": logit,
+        "stoch": tf.zeros_like(logit),
+        "deter": tf.zeros([2, 3, 12]),
+    }
+    with tf.GradientTape(persistent=True) as tape:
+        kls = wm.kl_terms(state(post_logit), state(prior_logit))
+        balanced, _ = wm.weighted_loss({}, kls)
+        plain = tf.reduce_mean(
+            wm.rssm.get_dist(state(post_logit)).kl_divergence(wm.rssm.get_dist(state(prior_logit)))
+        )
+    for var, share in ((prior_logit, 0.8), (post_logit, 0.2)):
+        np.testing.assert_allclose(
+            tape.gradient(balanced, var), share * tape.gradient(plain, var), rtol=1e-5, atol=1e-7
+        )
+
+
 @pytest.mark.parametrize("classes", [4, 0])
 def test_scanned_observe_equals_the_unrolled_loop_with_gradients(classes):
     """Same samples (seeds), states and gradients, eagerly and compiled."""

@@ -73,14 +73,25 @@ def test_bfloat16_update_is_finite_and_close_to_float32(runs):
 
 
 def test_float16_loss_scale_halves_on_overflow_then_updates_apply():
+    """A scale of 2^17 overflows float16 on these batches (updates applied from
+    2^12 on when this test was written): that update is skipped (no variable moves) and halves the scale; halving
+    continues until updates apply, and then the scale stays put (growth interval
+    2000)."""
     trainer = tiny_trainer(SHAPES, discrete=True, meta=True, seed=1, precision="mixed_float16")
     assert trainer.world_model.rssm.compute_dtype == "float16"
-    scale = float(trainer.loss_scale.scale)
+    trainer.build()
+    trainer.loss_scale.scale.assign(2.0**17)
+    scale = 2.0**17
     state, history = trainer.initial_state(3), []
-    for seed in range(4):
+    weights = [v.numpy().copy() for v in trainer.world_model.trainable_variables]
+    for seed in range(7):
         data = random_batch(SHAPES, 3, True, batch=3, length=6, terminal_at=3, seed=seed)
         state, metrics = trainer.train(data, state)
         history.append({k: float(v) for k, v in metrics.items()})
+        if seed == 0:  # the overflow: skipped, nothing moved
+            assert history[0]["update_skipped"] == 1.0
+            for before, var in zip(weights, trainer.world_model.trainable_variables):
+                np.testing.assert_array_equal(before, var.numpy())
     for metrics in history:  # a skipped update halves the scale, an applied one keeps it
         skipped = metrics["update_skipped"] or metrics["behavior_skipped"]
         assert metrics["loss_scale"] == (scale / 2 if skipped else scale)
@@ -89,3 +100,15 @@ def test_float16_loss_scale_halves_on_overflow_then_updates_apply():
     assert applied, history
     assert all(np.isfinite(v) for m in applied for v in m.values())
     assert tf.keras.mixed_precision.global_policy().name == "float32"
+
+
+def test_loss_scale_doubles_after_its_growth_interval_and_halves_on_overflow():
+    from tempo.agent.loss_scale import LossScale
+
+    scale = LossScale(initial=8.0, growth_interval=3)
+    seen = []
+    for finite in (True, True, True, True, False, True, True, True):
+        scale.update(tf.constant(finite))
+        seen.append(float(scale.scale))
+    # Three finite updates double it; an overflow halves it and restarts the count.
+    assert seen == [8.0, 8.0, 16.0, 16.0, 8.0, 8.0, 8.0, 16.0]
