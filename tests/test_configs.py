@@ -39,6 +39,15 @@ def value(name):
                 "build_trainer.pred_discount": True,
                 "BilevelTrainer.meta": True,
                 "BilevelTrainer.hypergrad_sign": "released",
+                "BilevelTrainer.posterior_passes": 2,
+                "ActorCritic.actor_grad": "auto",
+                "train.batch_size": 16,
+                "train.batch_length": 50,
+                "train.prefill": 10000,
+                "train.pretrain": 1,
+                "train.train_every": 5,
+                "train.prioritize_ends": True,
+                "train.eval_state_mean": False,
             },
         ),
         (
@@ -55,6 +64,11 @@ def value(name):
                 "build_trainer.pred_discount": False,
                 "Encoder.cnn_keys": "image",
                 "Encoder.mlp_keys": "$^",
+                "train.obs_type": "pixels",
+                "train.action_repeat": 2,
+                "train.prefill": 1000,
+                "train.pretrain": 100,
+                "train.prioritize_ends": False,
             },
         ),
         (
@@ -66,6 +80,11 @@ def value(name):
                 "Encoder.mlp_keys": ".*",
                 "WorldModel.kl_free": 1.0,
                 "build_trainer.pred_discount": False,
+                "train.obs_type": "proprio",
+                "train.action_repeat": 2,
+                "train.prefill": 1000,
+                "train.pretrain": 100,
+                "train.prioritize_ends": False,
             },
         ),
         (
@@ -80,6 +99,13 @@ def value(name):
                 "critic/Optimizer.lr": 1e-4,
                 "ActorCritic.actor_ent": 1e-3,
                 "build_trainer.pred_discount": True,
+                "ActorCritic.actor_grad": "reinforce",
+                "train.action_repeat": 4,
+                "train.time_limit": 27000,
+                "train.prefill": 50000,
+                "train.pretrain": 1,
+                "train.train_every": 16,
+                "train.prioritize_ends": True,
             },
         ),
     ],
@@ -137,3 +163,20 @@ def test_bad_bindings_name_the_value_and_the_choices_on_one_line(binding, messag
 )
 def test_compatible_binding_types_are_accepted(binding):
     configurables.parse_config(["gin_configs/dmc_proprio.gin"], [binding])
+    name, text = (part.strip() for part in binding.split("="))
+    assert value(name) == {"1": 1, "None": None, "[64, 64]": [64, 64]}[text]
+
+
+def test_cpu_gin_builds_the_small_model_of_make_train_and_make_curves():
+    configurables.parse_config(["gin_configs/dmc_proprio.gin", "gin_configs/cpu.gin"])
+    assert value("train.task") == "dmc_cartpole_swingup"
+    assert (value("train.batch_size"), value("train.batch_length")) == (16, 32)
+    assert (value("train.prefill"), value("train.eval_every")) == (2500, 5000)
+    trainer = configurables.build_trainer({"position": (3,), "velocity": (2,)}, 1, False)
+    rssm = trainer.world_model.rssm
+    assert (rssm.deter, rssm.hidden, rssm.stoch, rssm.discrete) == (128, 128, 16, 16)
+    for net in (trainer.behavior.actor, trainer.behavior.critic, trainer.world_model.reward_head):
+        assert [d.units for d in net.mlp._dense] == [128, 128]
+    assert [d.units for d in trainer.meta_weighter.mlp._dense] == [128, 128]
+    assert trainer.world_model.encoder.mlp_keys == ["position", "velocity"]
+    assert trainer.world_model.discount_head is None and trainer.meta

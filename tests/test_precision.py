@@ -74,9 +74,9 @@ def test_bfloat16_update_is_finite_and_close_to_float32(runs):
 
 def test_float16_loss_scale_halves_on_overflow_then_updates_apply():
     """A scale of 2^17 overflows float16 on these batches (updates applied from
-    2^12 on when this test was written): that update is skipped (no variable moves) and halves the scale; halving
-    continues until updates apply, and then the scale stays put (growth interval
-    2000)."""
+    2^12 on when this test was written): an overflowing update is skipped (no
+    variable moves) and halves the scale; halving continues until updates apply,
+    and then the scale stays put (growth interval 2000)."""
     trainer = tiny_trainer(SHAPES, discrete=True, meta=True, seed=1, precision="mixed_float16")
     assert trainer.world_model.rssm.compute_dtype == "float16"
     trainer.build()
