@@ -9,6 +9,7 @@ import sys
 import textwrap
 import time
 
+import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -127,6 +128,33 @@ def test_dmc_pixels_dreamerv2_run(tmp_path):
     assert (logdir / "checkpoints" / "checkpoint").exists()
     import tensorflow as tf
 
+    # The continuous-action export: its spec, its serving signature, and acting.
+    assert spec["discrete"] is False and spec["action_size"] == 1
+    assert spec["env"]["task"] == "dmc_cartpole_swingup"
+    assert spec["env"]["obs_type"] == "pixels" and spec["env"]["time_limit"] == 30
+    assert spec["env"]["action_repeat"] == 2
+    policy = tf.saved_model.load(str(logdir / "saved_model"))
+    initial = policy.initial_state(tf.constant(1))
+    assert spec["state"] == {k: list(v.shape[1:]) for k, v in initial.items()}
+    serving = policy.signatures["serving_default"]
+    inputs = set(serving.structured_input_signature[1])
+    assert inputs == {*spec["observation"], *(f"state_{k}" for k in spec["state"])}
+    assert set(serving.structured_outputs) == {"action", *(f"state_{k}" for k in spec["state"])}
+    from tempo.envs import make_env
+
+    env = make_env("dmc_cartpole_swingup", seed=3, obs_type="pixels", time_limit=30)
+    obs, state = env.reset(), initial
+    for _ in range(4):
+        batch = {k: tf.constant(np.asarray(obs[k])[None]) for k in spec["observation"]}
+        action, next_state = policy.step(batch, state)
+        again, _ = policy.step(batch, state)  # the exported policy is deterministic
+        np.testing.assert_array_equal(action, again)
+        served = serving(**batch, **{f"state_{k}": v for k, v in state.items()})
+        np.testing.assert_allclose(served["action"], action, rtol=1e-6)
+        assert action.shape == (1, 1) and -1.0 <= float(action[0, 0]) <= 1.0
+        obs, state = env.step(action.numpy()[0]), next_state
+    env.close()
+
     tags = {
         value.tag
         for path in logdir.glob("events.out.tfevents.*")
@@ -158,6 +186,35 @@ def test_sigkill_then_resume_at_the_checkpointed_step(tmp_path):
     assert set(episodes) <= {p.name for p in (logdir / "replay").glob("*.npz")}
     last = json.loads((logdir / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["step"] == saved + 40
+
+
+def test_sigterm_saves_a_checkpoint_flushes_the_logs_and_the_run_resumes_there(tmp_path):
+    """SIGTERM (and SIGINT, the same handler) ends the run cleanly: a checkpoint
+    at the frame it stopped at (the only one: periodic ones are off), the logs
+    written up to that frame, exit code 0; the next run resumes there."""
+    logdir = tmp_path / "term"
+    args = ["--task=gym_CartPole-v1", "--gin_param=train.checkpoint_every = 1000000"]
+    proc = launch(logdir, *args, "--steps=100000", wait=False)
+    metrics = logdir / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and "train/model_loss" not in (
+        metrics.read_text() if metrics.exists() else ""
+    ):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    stopped = [line for line in out.splitlines() if line.startswith("Stopped by signal")]
+    assert len(stopped) == 1, out[-3000:]
+    frame = int(stopped[0].split("env frame ")[1].split(";")[0])
+    index = (logdir / "checkpoints" / "checkpoint").read_text()
+    assert int(index.split('"')[1].rsplit("-", 1)[1]) == frame
+    assert json.loads(metrics.read_text().splitlines()[-1])["step"] == frame
+    assert not (logdir / "saved_model").exists()  # a stopped run is not finished
+
+    out = launch(logdir, *args, f"--steps={frame + 20}")
+    assert f"at env frame {frame}." in out
+    assert json.loads(metrics.read_text().splitlines()[-1])["step"] == frame + 20
 
 
 def test_unknown_task_fails_with_a_clear_message(tmp_path):
