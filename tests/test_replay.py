@@ -448,3 +448,52 @@ def test_dataset_follows_episodes_added_while_iterating(tmp_path):
     for row in range(2):
         check_stream(concat_rows(batches, row), episodes, cap=5, min_length=1)
     assert max(seen) >= 6, "new episodes reach the running dataset"
+
+
+def test_reload_skips_older_episodes_of_another_spec_and_keeps_their_files(tmp_path, caplog):
+    """A replay directory holding episodes of two observation specs (a task or
+    wrapper changed between runs): the newest spec wins, older episodes of the
+    other spec are skipped with a message naming each file, and nothing is
+    deleted."""
+    old = Replay(tmp_path, capacity=100)
+    old_paths = [old.add_episode(make_episode(4, epid)) for epid in (1, 2)]
+    elsewhere = Replay(tmp_path / "new", capacity=100)
+    for epid in (3, 4):
+        episode = make_episode(5, epid)
+        episode["obs"] = np.concatenate([episode["obs"], episode["obs"]], -1)  # 4 features
+        path = elsewhere.add_episode(episode)
+        path.rename(tmp_path / path.name)
+    with caplog.at_level("WARNING"):
+        reloaded = Replay(tmp_path, capacity=100)
+    assert [int(e["obs"][0, 0]) for e in reloaded.episodes()] == [3, 4]
+    assert reloaded.spec["obs"][0] == (4,)
+    skipped = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
+    assert len(skipped) == 2 and all("differ from newer episodes" in m for m in skipped)
+    for path in old_paths:
+        assert any(str(path) in m for m in skipped) and path.exists()
+
+
+def test_train_passes_prioritize_ends_to_its_replay(monkeypatch, tmp_path):
+    from support import tiny_trainer
+
+    import tempo.run
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_replay(directory, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(tempo.run, "Replay", fake_replay)
+    for flag in (True, False):
+        with pytest.raises(Stop):
+            tempo.run.train(
+                str(tmp_path / str(flag)),
+                task="gym_CartPole-v1",
+                prioritize_ends=flag,
+                trainer_fn=tiny_trainer,
+            )
+        assert seen["prioritize_ends"] is flag
