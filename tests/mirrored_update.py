@@ -150,7 +150,7 @@ def run_loop_check(strategy: tf.distribute.Strategy, tmp: str) -> dict:
     carried state, checkpoint, export), then its checkpoint restored into a
     single-device agent as `launch.evaluate` does."""
     from tempo.envs import make_batch_env
-    from tempo.evaluation import restore_agent, run_episodes
+    from tempo.evaluation import evaluate_saved_model, restore_agent, run_episodes
     from tempo.run import train
 
     def mirrored_fn(shapes, action_size, discrete, seed=0):
@@ -174,18 +174,21 @@ def run_loop_check(strategy: tf.distribute.Strategy, tmp: str) -> dict:
     lines = [json.loads(x) for x in open(os.path.join(logdir, "metrics.jsonl"))]
     losses = [x["train/model_loss"] for x in lines if "train/model_loss" in x]
     env = make_batch_env("gym_CartPole-v1", 1, seed=0, action_repeat=1)
-    try:
-        agent = restore_agent(logdir, env, lambda *a: tiny_trainer(*a))
+    try:  # on the latent's mode, as the export acts
+        agent = restore_agent(logdir, env, lambda *a: tiny_trainer(*a), eval_state_mean=True)
         policy = lambda obs, state: agent.policy(obs, state, explore=False)
-        returns, _ = run_episodes(env, policy, 1, agent.action_size)
+        returns, _ = run_episodes(env, policy, 2, agent.action_size)
     finally:
         env.close()
+    saved = os.path.join(logdir, "saved_model")
+    exported_returns = evaluate_saved_model(saved, 2, 0, {"action_repeat": 1})
     return {
         "updates": summary["updates"],
         "restored_step": int(agent.trainer.step),
         "finite_losses": bool(losses) and all(np.isfinite(losses)),
-        "return": float(returns[0]),
-        "exported": os.path.exists(os.path.join(logdir, "saved_model", "saved_model.pb")),
+        "returns": [float(r) for r in returns],
+        "exported_returns": [float(r) for r in exported_returns],
+        "exported": os.path.exists(os.path.join(saved, "saved_model.pb")),
     }
 
 

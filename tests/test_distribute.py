@@ -78,7 +78,9 @@ def test_run_loop_under_mirrored_strategy_checkpoints_for_a_single_device_agent(
     run = script_result(tmp_path_factory, "run")["run"]
     assert run["updates"] == 4 and run["restored_step"] == 4, run
     assert run["finite_losses"] and run["exported"], run
-    assert run["return"] >= 1.0, run
+    # The single-device agent restored from the mirrored run's checkpoint acts as
+    # the policy that run exported from its own variables: the same returns.
+    assert run["returns"] == run["exported_returns"], run
 
 
 @pytest.mark.parametrize("sampler", ["onehot", "normal", "trunc_normal"])

@@ -278,8 +278,6 @@ def test_evaluate_and_export_launchers(tmp_path):
         assert out.returncode == 0, out.stderr[-2000:]
         result = json.loads(out.stdout.strip().splitlines()[-1])
         assert result["episodes"] == 2 and len(result["returns"]) == 2
-        # CartPole gives +1 per step: a return is an episode length, at least 8 steps.
-        assert all(r >= 8 for r in result["returns"])
         results.append(result["returns"])
     # The checkpoint and the SavedModel act identically (same mode actions, same seed).
     assert results[0] == results[1]
