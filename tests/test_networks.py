@@ -234,3 +234,26 @@ def test_mlp_widths_must_be_uniform():
     assert len(mlp_from_widths((8, 8, 8), "elu", "none")._dense) == 3
     with pytest.raises(ValueError, match="one width"):
         Encoder({"pos": (2,)}, mlp_layers=(8, 16))
+
+
+def test_mse_and_image_log_likelihoods_are_unit_variance_normals_by_hand():
+    """DreamerV2's 'mse' heads and image decoder: log N(x; mean, 1) summed over
+    the event dimensions, -(x - mean)^2 / 2 - log(2 pi) / 2 per element."""
+    from tempo.networks.distributions import MSEDist
+
+    half_log_2pi = 0.5 * np.log(2 * np.pi)
+    dist = MSEDist(tf.constant([[1.0, 2.0], [0.0, -1.0]]), event_dims=1)
+    got = dist.log_prob(tf.constant([[0.0, 4.0], [0.0, -1.0]])).numpy()
+    np.testing.assert_allclose(got, [-0.5 * (1 + 4) - 2 * half_log_2pi, -2 * half_log_2pi])
+    scalar = MSEDist(tf.constant([3.0]))
+    np.testing.assert_allclose(scalar.log_prob(tf.constant([1.0])), [-2.0 - half_log_2pi])
+
+    decoder = Decoder({"image": (64, 64, 1)}, cnn_keys="image", mlp_keys="$^", cnn_depth=2)
+    feat = tf.zeros([1, 2, 6])
+    decoder(feat)
+    for var in decoder.variables:  # every mean pixel is exactly 0
+        var.assign(tf.zeros_like(var))
+    image = np.random.default_rng(0).uniform(-0.5, 0.5, (1, 2, 64, 64, 1)).astype(np.float32)
+    got = decoder(feat)["image"].log_prob(image).numpy()
+    want = (-0.5 * image**2 - half_log_2pi).sum(axis=(2, 3, 4))
+    np.testing.assert_allclose(got, want, rtol=1e-5)

@@ -239,3 +239,25 @@ def test_evaluation_samples_the_latent_as_released_unless_told_not_to(eval_state
         agent.step(obs, state, True, tf.constant([seed, 0]))[1]["stoch"].numpy() for seed in (1, 2)
     ]
     assert not np.array_equal(*explored)
+
+
+def test_task_aware_upper_loss_by_hand():
+    """L_up = mean((v_post_n - v_prior_n)^2): V_slow's values of the posterior and
+    prior features, standardized together (batch mean and variance, epsilon
+    1e-3), computed here in numpy."""
+    trainer = tiny_trainer(SHAPES, discrete=True, meta=True)
+    wm = trainer.world_model
+    data = wm.preprocess(random_batch(SHAPES, 3, True, batch=2, length=4))
+    _, post, prior = wm.infer(data, wm.rssm.initial(2), tf.constant([5, 6]))
+    slow = trainer.behavior.slow_critic
+    slow.variables[0].assign_add(tf.ones_like(slow.variables[0]))  # V_slow != V here
+    upper, v_post_n, v_prior_n = trainer.task_aware_loss(post, prior)
+    v_post = slow(wm.rssm.get_feat(post)).mode().numpy()
+    v_prior = slow(wm.rssm.get_feat(prior)).mode().numpy()
+    both = np.concatenate([v_post.ravel(), v_prior.ravel()])
+    normed = lambda v: (v - both.mean()) / np.sqrt(both.var() + 1e-3)
+    np.testing.assert_allclose(v_post_n, normed(v_post), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(v_prior_n, normed(v_prior), rtol=1e-4, atol=1e-5)
+    want = np.mean((normed(v_post) - normed(v_prior)) ** 2)
+    assert float(upper) == pytest.approx(want, rel=1e-4)
+    assert v_post.shape == (2, 4)
