@@ -12,6 +12,13 @@ one acting-policy step at batch 1.
 
 runs the whole training loop (env worker processes, policy, replay, updates)
 at debug sizes on a pixel task and reports env frames/s per worker count.
+
+  python -m launch.bench --configs dmc_proprio,dmc_vision,atari --iters 5 \
+      --released_python $REF/venv/bin/python --released_src $REF/src
+
+also times the released TEMPO code (tests/reference/released_bench.py, in its
+own TensorFlow 2.15 environment: tests/reference/README.md) right after each
+case of ours, same batch and protocol, and prints the two side by side.
 """
 
 from __future__ import annotations
@@ -51,6 +58,14 @@ flags.DEFINE_bool(
     "world-model losses forward, the model gradients (TEMPO: lower and upper "
     "gradients and hypergradient) and the behaviour gradients.",
 )
+flags.DEFINE_string(
+    "released_python",
+    None,
+    "Also time the released TEMPO code (tests/reference/released_bench.py) with this "
+    "Python of its TensorFlow 2.15 environment, case by case after ours, and print "
+    "both side by side with the ratio.",
+)
+flags.DEFINE_string("released_src", None, "The released code's checkout (TEMPO_REF_SRC).")
 flags.DEFINE_string("_case", None, "Internal: run one 'config:mode' case and print JSON.")
 FLAGS = flags.FLAGS
 
@@ -275,6 +290,50 @@ def run_in_subprocess(config: str, mode: str) -> dict:
     return row
 
 
+def run_released(config: str, mode: str) -> dict:
+    """One case of the released code, in its own environment's Python."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = os.path.join(root, "tests", "reference", "released_bench.py")
+    cmd = [FLAGS.released_python, script, f"--config={config}", f"--mode={mode}"]
+    cmd += [f"--iters={FLAGS.iters}", f"--batch={FLAGS.batch}", f"--length={FLAGS.length}"]
+    env = dict(os.environ)
+    if FLAGS.released_src:
+        env["TEMPO_REF_SRC"] = FLAGS.released_src
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [x for x in out.stdout.splitlines() if x.startswith("RELEASED_JSON ")]
+    if out.returncode or not lines:
+        sys.stderr.write(out.stderr[-4000:])
+        raise SystemExit(f"released case {config}:{mode} failed (exit {out.returncode}).")
+    row = json.loads(lines[-1][len("RELEASED_JSON ") :])
+    print(f"done released {config}:{mode}", flush=True)
+    if FLAGS.json:
+        with open(FLAGS.json, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    return row
+
+
+def print_side_by_side(ours: list[dict], released: list[dict]) -> None:
+    """Ours against the release per (config, mode): medians, mins, ratios, memory."""
+    if not released:
+        return
+    theirs = {(r["config"], r["mode"]): r for r in released}
+    print("\nside by side, this machine, one sitting (released: TensorFlow 2.15, its own code)")
+    print(
+        f"{'config':<12}{'mode':<11}{'released s':>11}{'ours s':>8}{'ours/rel':>9}"
+        f"{'min ratio':>10}{'compile rel/ours s':>20}{'RSS rel/ours MB':>17}"
+    )
+    for r in ours:
+        other = theirs.get((r["config"], r["mode"]))
+        if other is None:
+            continue
+        print(
+            f"{r['config']:<12}{r['mode']:<11}{other['median_s']:>11.3f}{r['median_s']:>8.3f}"
+            f"{r['median_s'] / other['median_s']:>9.2f}{r['min_s'] / other['min_s']:>10.2f}"
+            f"{other['compile_s']:>12.1f} /{r['compile_s']:>6.1f}"
+            f"{other['peak_rss_mb']:>10.0f} /{r['peak_rss_mb']:>5.0f}"
+        )
+
+
 def print_loop_table(rows: list[dict]) -> None:
     if not rows:
         return
@@ -304,8 +363,13 @@ def main(argv):
             raise app.UsageError(f"Unknown mode {mode!r}; choose from {MODES}.")
     cases = [(config, mode) for config in FLAGS.configs for mode in FLAGS.modes]
     cases += [("loop", str(int(workers))) for workers in FLAGS.loop_workers]
-    rows = [run_in_subprocess(config, mode) for config, mode in cases]
+    rows, released = [], []
+    for config, mode in cases:
+        rows.append(run_in_subprocess(config, mode))
+        if FLAGS.released_python and config in ("dmc_proprio", "dmc_vision", "atari"):
+            released.append(run_released(config, mode))
     print_table([r for r in rows if r["config"] != "loop"])
+    print_side_by_side([r for r in rows if r["config"] != "loop"], released)
     print_loop_table([r for r in rows if r["config"] == "loop"])
     print("\nReproduce: python -m launch.bench " + " ".join(sys.argv[1:]))
 
