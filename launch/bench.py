@@ -277,13 +277,19 @@ def run_in_subprocess(config: str, mode: str) -> dict:
     cmd += [f"--iters={FLAGS.iters}", f"--batch={FLAGS.batch}", f"--length={FLAGS.length}"]
     cmd += [f"--loop_task={FLAGS.loop_task}", f"--loop_frames={FLAGS.loop_frames}"]
     cmd += [f"--gin_param={p}" for p in FLAGS.gin_param] + [f"--parts={FLAGS.parts}"]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    lines = [x for x in out.stdout.splitlines() if x.startswith("BENCH_JSON ")]
+    return run_json_case(cmd, "BENCH_JSON ", f"{config}:{mode}")
+
+
+def run_json_case(cmd: list[str], tag: str, label: str, env: dict | None = None) -> dict:
+    """Runs a case's process and returns the JSON row it printed after `tag`
+    (appended to --json too); exits with its stderr if it failed."""
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [x for x in out.stdout.splitlines() if x.startswith(tag)]
     if out.returncode or not lines:
         sys.stderr.write(out.stderr[-4000:])
-        raise SystemExit(f"bench case {config}:{mode} failed (exit {out.returncode}).")
-    row = json.loads(lines[-1][len("BENCH_JSON ") :])
-    print(f"done {config}:{mode}", flush=True)
+        raise SystemExit(f"bench case {label} failed (exit {out.returncode}).")
+    row = json.loads(lines[-1][len(tag) :])
+    print(f"done {label}", flush=True)
     if FLAGS.json:
         with open(FLAGS.json, "a") as f:
             f.write(json.dumps(row) + "\n")
@@ -299,17 +305,7 @@ def run_released(config: str, mode: str) -> dict:
     env = dict(os.environ)
     if FLAGS.released_src:
         env["TEMPO_REF_SRC"] = FLAGS.released_src
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    lines = [x for x in out.stdout.splitlines() if x.startswith("RELEASED_JSON ")]
-    if out.returncode or not lines:
-        sys.stderr.write(out.stderr[-4000:])
-        raise SystemExit(f"released case {config}:{mode} failed (exit {out.returncode}).")
-    row = json.loads(lines[-1][len("RELEASED_JSON ") :])
-    print(f"done released {config}:{mode}", flush=True)
-    if FLAGS.json:
-        with open(FLAGS.json, "a") as f:
-            f.write(json.dumps(row) + "\n")
-    return row
+    return run_json_case(cmd, "RELEASED_JSON ", f"released {config}:{mode}", env)
 
 
 def print_side_by_side(ours: list[dict], released: list[dict]) -> None:
