@@ -167,10 +167,10 @@ class ActorCritic(tf.Module):
         `slow_target_fraction` except at the first update, which copies V."""
 
         def update():
-            first = tf.cast(tf.equal(self.updates, 0), tf.float32)
-            mix = first + (1.0 - first) * self.slow_target_fraction
+            mix = tf.where(tf.equal(self.updates, 0), 1.0, float(self.slow_target_fraction))
             for slow, fast in zip(self.slow_critic.variables, self.critic.variables):
-                slow.assign(tf.cast(mix, slow.dtype) * fast + tf.cast(1.0 - mix, slow.dtype) * slow)
+                share = tf.cast(mix, slow.dtype)
+                slow.assign(share * fast + (1 - share) * slow)
             return tf.constant(True)
 
         due = tf.equal(self.updates % self.slow_target_update, 0)
