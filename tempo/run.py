@@ -16,6 +16,7 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
+from tempo import replicas
 from tempo.agent.agent import Agent, random_actions
 from tempo.agent.bilevel import BilevelTrainer
 from tempo.agent.builder import build_trainer
@@ -85,16 +86,20 @@ def train(
         )
     repeat = action_repeat or DEFAULT_ACTION_REPEAT[suite]
     env_kwargs = dict(action_repeat=repeat, obs_type=obs_type, time_limit=time_limit)
-    try:
-        env = make_batch_env(
+
+    def make_envs(env_seed: int):
+        return make_batch_env(
             task,
             num_envs,
-            seed=seed,
+            seed=env_seed,
             parallel=parallel_envs,
             on_failure=env_failure,
             max_restarts=env_max_restarts,
             **env_kwargs,
         )
+
+    try:
+        env = make_envs(seed)
     except (ValueError, KeyError, EnvWorkerError) as error:
         cause = error.__cause__ if isinstance(error, EnvWorkerError) else None
         raise ConfigError(f"Cannot make task {task!r}: {first_line(cause or error)}") from error
@@ -113,12 +118,17 @@ def train(
             raise ConfigError(message) from error
         raise
 
-    # Under a strategy each worker samples its share of the global batch from its
-    # own replay (worker w seeds it with seed + w) and splits it over its replicas.
+    # Under a strategy each worker collects its own experience (its environments,
+    # random prefill actions and exploration seeded with seed + WORKER_SEED_STRIDE
+    # * w: the same seed everywhere would make every worker collect the same
+    # episodes) and samples its share of the global batch from its own replay.
     worker = _worker_index(trainer.strategy)
     worker_batch = trainer.worker_batch_size(batch_size)
+    worker_seed = seed + WORKER_SEED_STRIDE * worker
     if worker:  # non-chief workers keep their own replay and checkpoints apart
         logdir = logdir / f"worker{worker}"
+        env.close()
+        env = make_envs(worker_seed)
     logdir.mkdir(parents=True, exist_ok=True)
     replay = Replay(
         logdir / "replay",
@@ -126,9 +136,9 @@ def train(
         length=batch_length,
         min_length=batch_length,
         prioritize_ends=prioritize_ends,
-        seed=seed + worker,
+        seed=worker_seed,
     )
-    agent = Agent(trainer, seed=seed, eval_state_mean=eval_state_mean)
+    agent = Agent(trainer, seed=worker_seed, eval_state_mean=eval_state_mean)
     agent_steps = tf.Variable(0, dtype=tf.int64, name="agent_steps")
     checkpoint = tf.train.Checkpoint(trainer=trainer, agent=agent, agent_steps=agent_steps)
     manager = tf.train.CheckpointManager(checkpoint, logdir / "checkpoints", max_to_keep=3)
@@ -168,7 +178,7 @@ def train(
 
     driver.on_episode.append(on_train_episode)
     total_agent_steps = steps // repeat
-    rng = np.random.default_rng(seed + int(agent_steps))
+    rng = np.random.default_rng(worker_seed + int(agent_steps))
 
     # --- prefill with random actions --------------------------------------------
     if replay.total_steps < prefill:
@@ -178,6 +188,12 @@ def train(
             None,
         )
         while replay.total_steps < prefill or replay.num_episodes == 0:
+            driver.run(random_policy, steps=num_envs)
+        # Workers of a multi-worker run end their prefill at different steps (it
+        # waits for an episode to finish); every worker must then make the same
+        # updates and saves, which are collective: all continue to the latest.
+        target = _max_over_workers(trainer.strategy, int(agent_steps))
+        while int(agent_steps) < target:
             driver.run(random_policy, steps=num_envs)
         driver.reset()
 
@@ -293,6 +309,20 @@ def train(
     summary = {"step": frame, "updates": int(trainer.step.numpy()), "eval_return": eval_return}
     (logdir / "summary.json").write_text(json.dumps(summary))
     return summary
+
+
+# Seeds of worker w of a multi-worker run are offset by this much: beyond the
+# consecutive seeds of a worker's environments and its evaluation environment's
+# seed + 10,000, so that no two workers' environments share a seed.
+WORKER_SEED_STRIDE = 100_003
+
+
+def _max_over_workers(strategy, value: int) -> int:
+    """The largest `value` of any worker (a collective step under a strategy)."""
+    if strategy is None:
+        return value
+    per_replica = strategy.run(lambda: replicas.global_max(tf.constant(value, tf.int64)))
+    return int(strategy.experimental_local_results(per_replica)[0])
 
 
 def _worker_index(strategy) -> int:
