@@ -13,8 +13,8 @@ TensorFlow's C++ log: warnings and info are hidden (`TF_CPP_MIN_LOG_LEVEL=2`);
 errors too on a machine without an NVIDIA driver (level 3), where the ones it
 prints at start-up ("failed call to cuInit", oneDNN's "supports DT_INT64 only on
 platforms with AVX-512") report a GPU that is not there and a fallback, nothing
-to act on. Errors stay visible wherever a GPU driver is. `TF_CPP_MIN_LOG_LEVEL=0`
-shows everything.
+to act on. Errors stay visible wherever a GPU driver is, and in a multi-worker
+run (`TF_CONFIG` set). `TF_CPP_MIN_LOG_LEVEL=0` shows everything.
 """
 
 import os
@@ -25,8 +25,13 @@ def _nvidia_driver_present() -> bool:
     return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidiactl")
 
 
+def _errors_matter() -> bool:
+    """A GPU, or a multi-worker cluster (whose connection errors TensorFlow logs)."""
+    return _nvidia_driver_present() or "TF_CONFIG" in os.environ
+
+
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2" if _nvidia_driver_present() else "3")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2" if _errors_matter() else "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 from tempo import _mesa  # noqa: E402

@@ -33,7 +33,7 @@ def test_no_tensorflow_error_lines_on_a_machine_without_a_gpu_unless_asked_for()
     base = {"PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-c", script], env=base, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
-    gpu_machine = tempo._nvidia_driver_present()
+    gpu_machine = tempo._nvidia_driver_present()  # (TF_CONFIG is not in `base`)
     assert out.stdout.split() == ["2" if gpu_machine else "3", "3"]
     if not gpu_machine:
         assert not [line for line in out.stderr.splitlines() if line.startswith("E0000")]
