@@ -11,7 +11,7 @@ or through `python -m launch.bench --released_python $REF/venv/bin/python
 
 It builds the released `agent.Agent` from its configs.yaml (defaults plus the
 suite block) at the reference sizes, with the observation and action spaces
-of launch.bench's configs, feeds a fixed synthetic batch of the same shapes, and
+of launch.bench's configs, feeds the same synthetic batch as launch.bench, and
 times `Agent.train` (TEMPO) or `Agent.train_without_meta` (the release's
 DreamerV2) in graph mode, the recurrent state carried from one update to the
 next as its train.py does. The first call traces and the second retraces (the
@@ -22,6 +22,7 @@ line `RELEASED_JSON {...}`.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -31,8 +32,6 @@ import statistics
 import sys
 import time
 import warnings
-
-import numpy as np
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -46,26 +45,14 @@ CONFIGS = {
 
 
 def synthetic_batch(obs: dict, actions: int, discrete: bool, batch: int, length: int) -> dict:
-    """Random pixels or vectors, actions, rewards; each sequence starts an episode."""
-    rng = np.random.default_rng(0)
-    data = {}
-    for key, shape in obs.items():
-        if len(shape) == 3:
-            data[key] = rng.integers(0, 256, (batch, length, *shape), dtype=np.uint8)
-        else:
-            data[key] = rng.normal(size=(batch, length, *shape)).astype(np.float32)
-    if discrete:
-        data["action"] = np.eye(actions, dtype=np.float32)[
-            rng.integers(0, actions, (batch, length))
-        ]
-    else:
-        data["action"] = rng.uniform(-1, 1, (batch, length, actions)).astype(np.float32)
-    data["reward"] = rng.normal(size=(batch, length)).astype(np.float32)
-    data["is_first"] = np.zeros((batch, length), bool)
-    data["is_first"][:, 0] = True
-    data["is_last"] = np.zeros((batch, length), bool)
-    data["is_terminal"] = np.zeros((batch, length), bool)
-    return data
+    """launch.bench's batch: tempo/synthetic.py's random_batch, loaded from its file
+    (importing the tempo package would set TF_USE_LEGACY_KERAS, which asks for
+    tf_keras, a package the release's environment does not have)."""
+    path = HERE.parents[1] / "tempo" / "synthetic.py"
+    spec = importlib.util.spec_from_file_location("tempo_synthetic", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.random_batch(obs, actions, discrete, batch, length)
 
 
 def main() -> None:
