@@ -151,7 +151,9 @@ def train(
                 f"{first_line(error)} Nothing in {logdir} was changed; resume with the "
                 f"run's own settings ({logdir / 'config.gin'}) or start a new --logdir."
             ) from error
-        print(f"Resumed from {manager.latest_checkpoint} at env frame {int(agent_steps) * repeat}.")
+    resumed = _restore_common_step(manager, checkpoint, agent_steps, trainer.strategy)
+    if resumed:
+        print(f"Resumed from {resumed} at env frame {int(agent_steps) * repeat}.")
     if on_start is not None:
         on_start(str(logdir))
 
@@ -224,6 +226,7 @@ def train(
         stop["now"] = True
 
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    several_workers = _num_workers(trainer.strategy) > 1
     frame0 = int(agent_steps) * repeat
     # A resumed run does not evaluate again in the eval_every period it last evaluated in.
     last = {
@@ -268,6 +271,12 @@ def train(
             if frame - last["ckpt"] >= checkpoint_every:
                 last["ckpt"] = frame
                 save_checkpoint()
+            if several_workers:  # a signal to one worker stops all at this step
+                asked = stop["now"]
+                if not asked and _preemption_noticed():
+                    print("Preemption notice (SIGTERM) in the cluster: all workers stop here.")
+                    asked = True
+                stop["now"] = _max_over_workers(trainer.strategy, int(asked)) > 0
         if not stop["now"]:
             # A budget that ends on a new period: the policy the run finishes with
             # (the one it exports) is evaluated there, not only one from up to
@@ -323,6 +332,54 @@ def _max_over_workers(strategy, value: int) -> int:
         return value
     per_replica = strategy.run(lambda: replicas.global_max(tf.constant(value, tf.int64)))
     return int(strategy.experimental_local_results(per_replica)[0])
+
+
+def _restore_common_step(manager, checkpoint, agent_steps, strategy) -> str | None:
+    """On every worker of a multi-worker run, the newest checkpoint step that all
+    workers hold (one killed while the others saved may be a save behind) is
+    the one restored (a collective step). Returns the restored path, if any."""
+    path = manager.latest_checkpoint
+    if _num_workers(strategy) == 1:
+        return path
+    latest = int(agent_steps)  # 0 without a checkpoint
+    common = -_max_over_workers(strategy, -latest)
+    if common == latest:
+        return path
+    numbered = {int(p.rsplit("-", 1)[1]): p for p in manager.checkpoints}
+    if common not in numbered:
+        raise ConfigError(
+            f"The newest step every worker has a checkpoint of is {common}, and this worker's "
+            f"{manager.directory} holds only steps {sorted(numbered)}: restore every worker's "
+            "checkpoints from one save, or start every worker with a new --logdir."
+        )
+    checkpoint.restore(numbered[common]).assert_existing_objects_matched()
+    return numbered[common]
+
+
+# TensorFlow's coordination service catches SIGTERM itself in a multi-worker run
+# (its preemption notifier) and then records the time under this key.
+_PREEMPTION_KEY = "TF_DEFAULT_PREEMPTION_NOTICE_KEY"
+
+
+def _preemption_noticed() -> bool:
+    """Whether the cluster's coordination service holds a preemption notice
+    (a SIGTERM that TensorFlow's handler, not ours, received)."""
+    from tensorflow.python.eager import context
+
+    try:
+        context.context().get_config_key_value(_PREEMPTION_KEY, timeout_in_ms=1)
+    except (tf.errors.DeadlineExceededError, tf.errors.NotFoundError, tf.errors.UnavailableError):
+        return False
+    return True
+
+
+def _num_workers(strategy) -> int:
+    """How many processes train together (1 without a multi-worker cluster)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return 1
+    spec = resolver.cluster_spec()
+    return sum(spec.num_tasks(job) for job in ("chief", "worker") if job in spec.jobs)
 
 
 def _worker_index(strategy) -> int:

@@ -94,3 +94,29 @@ def test_strategy_names():
     assert make_strategy("default") is None
     with pytest.raises(ValueError, match="Unknown strategy"):
         make_strategy("tpu")
+
+
+@pytest.mark.parametrize(
+    "tf_config, problem",
+    [
+        (None, "needs the TF_CONFIG environment variable"),
+        ("{not json", "is not a usable cluster description"),
+        ('{"cluster": {"worker": ["a:1"]}}', "is not a usable cluster description"),
+        (
+            '{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 2}}',
+            "task index 2 is not one of 0..1",
+        ),
+        (
+            '{"cluster": {"worker": ["a:1"]}, "task": {"type": "chief", "index": 0}}',
+            "is not a usable cluster description",
+        ),
+    ],
+)
+def test_multi_worker_without_a_usable_tf_config_names_the_fix(monkeypatch, tf_config, problem):
+    if tf_config is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", tf_config)
+    with pytest.raises(ValueError, match=problem) as caught:
+        make_strategy("multi_worker")
+    assert '"task": {"type": "worker", "index": 0}' in str(caught.value)  # an example to follow
