@@ -23,6 +23,7 @@ case of ours, same batch and protocol, and prints the two side by side.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import resource
@@ -66,6 +67,14 @@ flags.DEFINE_string(
     "both side by side with the ratio.",
 )
 flags.DEFINE_string("released_src", None, "The released code's checkout (TEMPO_REF_SRC).")
+flags.DEFINE_string(
+    "profile_dir",
+    None,
+    "Also trace 2 updates of each case (and of the released code's, with "
+    "--released_python) with TensorFlow's profiler under this directory, and print "
+    "where the time goes: kernel self-time per update by op type and by layer scope.",
+)
+flags.DEFINE_integer("profile_top", 15, "Rows of each --profile_dir table.")
 flags.DEFINE_string("_case", None, "Internal: run one 'config:mode' case and print JSON.")
 FLAGS = flags.FLAGS
 
@@ -106,6 +115,14 @@ def run_case(config: str, mode: str) -> dict:
     policy = policy_latency(trainer, shapes, action_size, discrete)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     parts = time_parts(trainer, batch, state) if FLAGS.parts else None
+    if FLAGS.profile_dir:
+        import tensorflow as tf  # after tempo, which sets TensorFlow's environment
+
+        tf.profiler.experimental.start(profile_path("ours", config, mode))
+        for _ in range(PROFILED_UPDATES):
+            state, metrics = trainer.train(batch, state)
+            float(metrics["model_loss"])
+        tf.profiler.experimental.stop()
     return {
         "config": config,
         "mode": mode,
@@ -271,12 +288,51 @@ def print_table(rows: list[dict]) -> None:
             print(f"{r['config']} parameters: {r['params']}")
 
 
+PROFILED_UPDATES = 2  # released_bench.py --profile traces as many
+
+
+def profile_path(program: str, config: str, mode: str) -> str:
+    return os.path.join(FLAGS.profile_dir, f"{program}_{config}_{mode}")
+
+
+def print_profiles(cases: list[tuple[str, str]]) -> None:
+    """Per case: the op types and layer scopes that take the most kernel time,
+    ours beside the release's where it was traced too."""
+    from tempo.profiling import find_trace, read_trace
+
+    for config, mode in cases:
+        if config == "loop":
+            continue
+        traces = {}
+        for program in ("ours", "released"):
+            path = profile_path(program, config, mode)
+            if os.path.isdir(path):
+                traces[program] = read_trace(find_trace(path), PROFILED_UPDATES)
+        programs = list(traces)
+        for table in ("by_type", "by_scope"):
+            rows = collections.Counter()
+            for times in traces.values():
+                rows.update(getattr(times, table))
+            top = [k for k, _ in rows.most_common(FLAGS.profile_top)]
+            title = "op type" if table == "by_type" else "scope"
+            print(f"\n{config} {mode}: kernel ms per update by {title} (self time, all threads)")
+            print(f"{title:<44}" + "".join(f"{p:>11}" for p in programs))
+            for key in top:
+                cells = "".join(
+                    f"{getattr(traces[p], table).get(key, 0.0):>11.1f}" for p in programs
+                )
+                print(f"{key[:43]:<44}{cells}")
+            print(f"{'total':<44}" + "".join(f"{traces[p].total_ms:>11.1f}" for p in programs))
+
+
 def run_in_subprocess(config: str, mode: str) -> dict:
     """One case in a fresh process, so compile time and peak memory are its own."""
     cmd = [sys.executable, "-m", "launch.bench", f"--_case={config}:{mode}"]
     cmd += [f"--iters={FLAGS.iters}", f"--batch={FLAGS.batch}", f"--length={FLAGS.length}"]
     cmd += [f"--loop_task={FLAGS.loop_task}", f"--loop_frames={FLAGS.loop_frames}"]
     cmd += [f"--gin_param={p}" for p in FLAGS.gin_param] + [f"--parts={FLAGS.parts}"]
+    if FLAGS.profile_dir:
+        cmd += [f"--profile_dir={FLAGS.profile_dir}"]
     return run_json_case(cmd, "BENCH_JSON ", f"{config}:{mode}")
 
 
@@ -302,6 +358,8 @@ def run_released(config: str, mode: str) -> dict:
     script = os.path.join(root, "tests", "reference", "released_bench.py")
     cmd = [FLAGS.released_python, script, f"--config={config}", f"--mode={mode}"]
     cmd += [f"--iters={FLAGS.iters}", f"--batch={FLAGS.batch}", f"--length={FLAGS.length}"]
+    if FLAGS.profile_dir:
+        cmd += [f"--profile={profile_path('released', config, mode)}"]
     env = dict(os.environ)
     if FLAGS.released_src:
         env["TEMPO_REF_SRC"] = FLAGS.released_src
@@ -367,6 +425,8 @@ def main(argv):
     print_table([r for r in rows if r["config"] != "loop"])
     print_side_by_side([r for r in rows if r["config"] != "loop"], released)
     print_loop_table([r for r in rows if r["config"] == "loop"])
+    if FLAGS.profile_dir:
+        print_profiles(cases)
     print("\nReproduce: python -m launch.bench " + " ".join(sys.argv[1:]))
 
 

@@ -6,7 +6,7 @@ import tensorflow as tf
 from support import random_batch
 
 import tempo  # noqa: F401
-from tempo.networks.decoder import Decoder
+from tempo.networks.decoder import Decoder, UpConv
 from tempo.networks.distributions import OneHotDist
 from tempo.networks.encoder import Encoder, select_keys
 from tempo.networks.heads import Actor, DistHead
@@ -257,3 +257,24 @@ def test_mse_and_image_log_likelihoods_are_unit_variance_normals_by_hand():
     got = decoder(feat)["image"].log_prob(image).numpy()
     want = (-0.5 * image**2 - half_log_2pi).sum(axis=(2, 3, 4))
     np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("size", [1, 3])
+def test_upconv_equals_keras_transposed_convolution_with_gradients(size):
+    """The decoder's matrix-product path for a 1x1 input (and the plain path
+    otherwise) against Keras' Conv2DTranspose with the same weights."""
+    x = tf.constant(np.random.default_rng(size).normal(size=(5, size, size, 12)), tf.float32)
+    ours, keras = UpConv(7, 5, 2), tf.keras.layers.Conv2DTranspose(7, 5, 2)
+    ours.build(x.shape), keras.build(x.shape)
+    keras.set_weights([w + 0.1 * i for i, w in enumerate(ours.get_weights())])
+    ours.set_weights(keras.get_weights())
+    results = []
+    for layer in (ours, keras):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+            loss = tf.reduce_sum(tf.sin(y))
+        results.append([y, *tape.gradient(loss, [x, *layer.trainable_variables])])
+    assert results[0][0].shape == (5, 2 * size + 3, 2 * size + 3, 7)
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)

@@ -62,6 +62,9 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--length", type=int, default=50)
+    parser.add_argument(
+        "--profile", default="", help="Also trace 2 more updates with TensorFlow's profiler here."
+    )
     args = parser.parse_args()
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -97,6 +100,10 @@ def main() -> None:
     first = update()
     second = update()
     times = [update() for _ in range(args.iters)]
+    if args.profile:
+        tf.profiler.experimental.start(args.profile)
+        update(), update()
+        tf.profiler.experimental.stop()
     row = {
         "config": args.config,
         "mode": args.mode,
