@@ -47,7 +47,7 @@ train: setup
 # start-up; on a 2-core CPU two workers took the suite from 17 to 11 minutes
 # (grouping each module's fixture on one worker with --dist loadgroup: 13).
 test: setup
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 2 --durations=10
 
 test-all: setup
 	$(PY) -m pytest -q -m ""

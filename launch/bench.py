@@ -361,6 +361,7 @@ def run_released(config: str, mode: str) -> dict:
     if FLAGS.profile_dir:
         cmd += [f"--profile={profile_path('released', config, mode)}"]
     env = dict(os.environ)
+    env.pop("TF_USE_LEGACY_KERAS", None)  # its environment has Keras 2 in TensorFlow itself
     if FLAGS.released_src:
         env["TEMPO_REF_SRC"] = FLAGS.released_src
     return run_json_case(cmd, "RELEASED_JSON ", f"released {config}:{mode}", env)
