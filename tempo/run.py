@@ -123,6 +123,7 @@ def train(
     # * w: the same seed everywhere would make every worker collect the same
     # episodes) and samples its share of the global batch from its own replay.
     worker = _worker_index(trainer.strategy)
+    several_workers = _num_workers(trainer.strategy) > 1
     worker_batch = trainer.worker_batch_size(batch_size)
     worker_seed = seed + WORKER_SEED_STRIDE * worker
     if worker:  # non-chief workers keep their own replay and checkpoints apart
@@ -151,7 +152,9 @@ def train(
                 f"{first_line(error)} Nothing in {logdir} was changed; resume with the "
                 f"run's own settings ({logdir / 'config.gin'}) or start a new --logdir."
             ) from error
-    resumed = _restore_common_step(manager, checkpoint, agent_steps, trainer.strategy)
+    resumed = manager.latest_checkpoint
+    if several_workers:
+        resumed = _restore_common_step(manager, checkpoint, agent_steps, trainer.strategy)
     if resumed:
         print(f"Resumed from {resumed} at env frame {int(agent_steps) * repeat}.")
     if on_start is not None:
@@ -226,7 +229,6 @@ def train(
         stop["now"] = True
 
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    several_workers = _num_workers(trainer.strategy) > 1
     frame0 = int(agent_steps) * repeat
     # A resumed run does not evaluate again in the eval_every period it last evaluated in.
     last = {
@@ -339,8 +341,6 @@ def _restore_common_step(manager, checkpoint, agent_steps, strategy) -> str | No
     workers hold (one killed while the others saved may be a save behind) is
     the one restored (a collective step). Returns the restored path, if any."""
     path = manager.latest_checkpoint
-    if _num_workers(strategy) == 1:
-        return path
     latest = int(agent_steps)  # 0 without a checkpoint
     common = -_max_over_workers(strategy, -latest)
     if common == latest:
