@@ -7,6 +7,8 @@ import pytest
 import tensorflow as tf
 from support import random_batch, tiny_trainer
 
+from tempo.networks.rssm import split_seed
+
 H, N, F, A = 4, 3, 5, 3  # horizon, start states, feature size, actions
 LAMBDA = 0.95
 
@@ -29,8 +31,10 @@ def trajectory(trainer, discrete: bool, seed: int = 0) -> dict:
         action = np.eye(A, dtype=np.float32)[rng.integers(0, A, (H + 1, N))]
     else:
         action = rng.uniform(-0.9, 0.9, (H + 1, N, A)).astype(np.float32)
+    feat = tf.constant(rng.normal(size=(H + 1, N, feat_size)).astype(np.float32))
     return {
-        "feat": tf.constant(rng.normal(size=(H + 1, N, feat_size)).astype(np.float32)),
+        "feat": feat,
+        "policy": trainer.behavior.actor.params(feat[:-1]),
         "action": tf.constant(action),
         "discount": tf.constant(rng.uniform(0.5, 1.0, (H + 1, N)).astype(np.float32)),
         "weight": tf.constant(rng.uniform(0.2, 1.0, (H + 1, N)).astype(np.float32)),
@@ -68,7 +72,8 @@ def test_actor_loss_lines_up_actions_states_targets_and_weights(actor_grad):
     ac.actor_ent, ac.actor_grad_mix = 0.3, 0.25
     seq = trajectory(trainer, discrete)
     target = tf.constant(np.random.default_rng(2).normal(size=(H, N)).astype(np.float32))
-    loss, metrics = ac.actor_loss(seq, target)
+    value = ac.slow_critic(seq["feat"]).mode()
+    loss, metrics = ac.actor_loss(seq, target, value)
 
     # Independent assembly: the policy at states 0..H-2 chose actions 1..H-1
     # (action[t] is the action that led into state t); its advantage is the
@@ -104,7 +109,9 @@ def test_reinforce_raises_the_probability_of_actions_with_positive_advantage():
     target = tf.concat([tf.zeros([1, N]), baseline + advantage[None]], 0)
     before = ac.actor(feat).log_prob(action).numpy()
     with tf.GradientTape() as tape:
-        loss, _ = ac.actor_loss(seq, target)
+        # Imagination's policy outputs, recorded on the tape as in the update.
+        seq["policy"] = ac.actor.params(seq["feat"][:-1])
+        loss, _ = ac.actor_loss(seq, target, ac.slow_critic(seq["feat"]).mode())
     grads = tape.gradient(loss, ac.actor.trainable_variables)
     for var, grad in zip(ac.actor.trainable_variables, grads):
         var.assign_sub(1e-3 * grad)
@@ -141,3 +148,34 @@ def test_imagination_takes_its_first_discount_from_the_replay_and_weights_cumula
     # weight[t] = prod_{s < t} discount[s]: the first state always counts fully.
     want = np.concatenate([np.ones((1, 6)), np.cumprod(disc[:-1], 0)], 0)
     np.testing.assert_allclose(seq["weight"].numpy(), want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("unroll", [True, False])
+@pytest.mark.parametrize("discrete", [True, False])
+def test_imagination_returns_the_policy_outputs_that_chose_each_action(discrete, unroll):
+    """seq['policy'][t] is the actor's output at state t (t < H): what the actor
+    loss reuses instead of calling the actor again. Checked against fresh actor
+    calls on the returned features, and step t's draw from it is action t + 1."""
+    shapes = {"vector": (2,)}
+    trainer = tiny_trainer(shapes, action_size=A, discrete=discrete, meta=False, unroll=unroll)
+    wm, actor = trainer.world_model, trainer.behavior.actor
+    data = wm.preprocess(random_batch({"vector": (2,)}, A, discrete, batch=2, length=3))
+    _, post, _ = wm.infer(data, wm.rssm.initial(2))
+    seq = wm.imagine(actor, post, tf.zeros([2, 3], tf.bool), H, tf.constant([4, 5]))
+    want = actor.params(seq["feat"][:-1])
+    assert len(seq["policy"]) == len(want) == (1 if discrete else 2)
+    for got, expected in zip(seq["policy"], want):
+        assert got.shape == (H, 6, A)
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-5, atol=1e-6)
+    # Alignment: policy[t] drew action[t + 1] with step t's action seed.
+    policy = actor.distribution(seq["policy"])
+    for t, step_seed in enumerate(split_seed(tf.constant([4, 5]), H)):
+        act_seed = split_seed(step_seed, 2)[0]
+        step_policy = actor.distribution(tuple(p[t] for p in seq["policy"]))
+        np.testing.assert_allclose(
+            seq["action"][t + 1].numpy(), step_policy.sample(seed=act_seed).numpy(), atol=1e-6
+        )
+    # The same outputs as a distribution: the actor's own on those features.
+    np.testing.assert_allclose(
+        policy.entropy().numpy(), actor(seq["feat"][:-1]).entropy().numpy(), rtol=1e-5
+    )

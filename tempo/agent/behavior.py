@@ -86,7 +86,7 @@ class ActorCritic(tf.Module):
             reward = world_model.reward_head(seq["feat"]).mode()
             value = self.slow_critic(seq["feat"]).mode()
             target = self.target(reward, value, seq)
-            actor_loss, metrics = self.actor_loss(seq, target)
+            actor_loss, metrics = self.actor_loss(seq, target, value)
             scaled_actor_loss = scale(actor_loss)
         with tf.GradientTape() as critic_tape:
             critic_loss = self.critic_loss(seq, target)
@@ -137,13 +137,16 @@ class ActorCritic(tf.Module):
         reward = tf.cast(reward, value.dtype)
         return lambda_return(reward[:-1], value[:-1], disc[:-1], value[-1], self.lambda_)
 
-    def actor_loss(self, seq: dict, target: tf.Tensor) -> tuple[tf.Tensor, dict]:
-        policy = self.actor(tf.stop_gradient(seq["feat"][:-2]))
+    def actor_loss(self, seq: dict, target: tf.Tensor, value: tf.Tensor) -> tuple[tf.Tensor, dict]:
+        """The policy at states 0..H-2 (from imagination's own forward pass) and
+        the actions 1..H-1 it chose; `value` is V_slow of states 0..H ([H + 1, N]),
+        the REINFORCE baseline."""
+        policy = self.actor.distribution(tuple(p[:-1] for p in seq["policy"]))
         metrics = {}
         if self.actor_grad == "dynamics":
             objective = target[1:]
         else:
-            baseline = self.slow_critic(seq["feat"][:-2]).mode()
+            baseline = value[:-2]
             advantage = tf.stop_gradient(target[1:] - baseline)
             action = tf.stop_gradient(seq["action"][1:-1])
             objective = policy.log_prob(tf.cast(action, advantage.dtype)) * advantage

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import tensorflow as tf
 
 from tempo import replicas
@@ -189,7 +187,7 @@ class WorldModel(tf.keras.Model):
     # ----- imagination for the behaviour step ----------------------------------
     def imagine(
         self,
-        policy: Callable[[tf.Tensor], object],
+        policy: DistHead,
         start: State,
         is_terminal: tf.Tensor,
         horizon: int,
@@ -197,26 +195,30 @@ class WorldModel(tf.keras.Model):
     ) -> dict[str, tf.Tensor]:
         """Rolls the prior forward `horizon` steps from every start state with
         actions sampled from `policy(features)`. Returns time-major [H + 1, N]
-        tensors: feat, action, discount, weight (cumulative discount), and the
-        RSSM state entries."""
+        tensors: feat, action, discount, weight (cumulative discount) and the RSSM
+        state entries; and [H, N] `policy`: the policy's raw outputs at states
+        0..H-1, which chose actions 1..H (a tuple for `policy.distribution`), so
+        that the actor loss reuses that forward pass instead of repeating it."""
         flat = lambda x: tf.reshape(x, [-1, *x.shape[2:]])
         state = {k: flat(v) for k, v in start.items()}
         feat = self.rssm.get_feat(state)
         action = tf.zeros([tf.shape(feat)[0], self.rssm.action_size], feat.dtype)
+        params_at = lambda feat: tuple(policy.params(tf.stop_gradient(feat)))
 
         def step(carry, step_seed):
-            state, feat, _ = carry
+            state, _, _, params = carry
             act_seed, img_seed = split_seed(step_seed, 2)
-            action = replicas.sample(policy(tf.stop_gradient(feat)), act_seed)
+            action = replicas.sample(policy.distribution(params), act_seed)
             state = self.rssm.img_step(state, action, img_seed)
-            return state, self.rssm.get_feat(state), tf.cast(action, feat.dtype)
+            feat = self.rssm.get_feat(state)
+            return state, feat, tf.cast(action, feat.dtype), params_at(feat)
 
-        first = (state, feat, action)
+        first = (state, feat, action, params_at(feat))
         if unrolled(self.unroll_imagination):
             steps = [first]
             for step_seed in split_seed(seed, horizon):
                 steps.append(step(steps[-1], step_seed))
-            states, feats, actions = [
+            states, feats, actions, params = [
                 tf.nest.map_structure(lambda *x: tf.stack(x, 0), *part) for part in zip(*steps)
             ]
         else:
@@ -225,10 +227,12 @@ class WorldModel(tf.keras.Model):
             else:
                 body, elems = step, step_seeds(seed, horizon)
             rest = tf.scan(body, elems, initializer=first)
-            states, feats, actions = tf.nest.map_structure(
+            states, feats, actions, params = tf.nest.map_structure(
                 lambda x, r: tf.concat([x[None], r], 0), first, rest
             )
-        seq = dict(states, feat=feats, action=actions)
+        # Unrolled, the policy's call on the last state feeds nothing and is pruned.
+        policy_params = tuple(p[:-1] for p in params)
+        seq = dict(states, feat=feats, action=actions, policy=policy_params)
         dtype = tf.float32 if feat.dtype in (tf.float16, tf.bfloat16) else feat.dtype
         if self.discount_head is not None:
             disc = self.discount_head(seq["feat"]).mean()

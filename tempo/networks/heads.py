@@ -41,6 +41,11 @@ class DistLayer(tf.keras.layers.Layer):
             self._std = tf.keras.layers.Dense(size, name="std", dtype=self.dtype_policy)
 
     def call(self, x: tf.Tensor):
+        return self.distribution(self.params(x))
+
+    def params(self, x: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        """The dense outputs that parameterize the distribution, [..., *shape] each
+        (one, or two with a standard deviation)."""
         lead = x.shape[:-1].as_list() if x.shape[:-1].is_fully_defined() else None
         if lead is None:
             lead_dyn = tf.shape(x)[:-1]
@@ -48,6 +53,14 @@ class DistLayer(tf.keras.layers.Layer):
         else:
             reshape = lambda y: tf.reshape(y, lead + list(self._shape))
         out = dists.to_distribution_dtype(reshape(self._out(x)))
+        if self._std is None:
+            return (out,)
+        return out, dists.to_distribution_dtype(reshape(self._std(x)))
+
+    def distribution(self, params: tuple[tf.Tensor, ...]):
+        """The distribution of `params(x)`: kept apart so that outputs computed
+        once (the policy's, during imagination) can be turned into it again."""
+        out = params[0]
         event_dims = len(self._shape)
         if self._dist == "mse":
             return dists.MSEDist(out, event_dims)
@@ -55,7 +68,7 @@ class DistLayer(tf.keras.layers.Layer):
             return dists.independent(dists.tfd.Bernoulli(logits=out, dtype=out.dtype), event_dims)
         if self._dist == "onehot":
             return dists.OneHotDist(out)
-        std = dists.to_distribution_dtype(reshape(self._std(x)))
+        std = params[1]
         if self._dist == "normal":
             std = tf.nn.softplus(std + self._init_std) + self._min_std
             return dists.independent(dists.tfd.Normal(out, std), event_dims)
@@ -87,6 +100,13 @@ class DistHead(tf.keras.Model):
 
     def call(self, features: tf.Tensor, training: bool | None = None):
         return self.dist(self.mlp(features, training=training))
+
+    def params(self, features: tf.Tensor, training: bool | None = None) -> tuple[tf.Tensor, ...]:
+        """What `distribution` turns into `self(features)`: the raw outputs."""
+        return self.dist.params(self.mlp(features, training=training))
+
+    def distribution(self, params: tuple[tf.Tensor, ...]):
+        return self.dist.distribution(params)
 
 
 class Actor(DistHead):

@@ -190,9 +190,12 @@ class RSSM(tf.keras.Model):
         if not unrolled(self.unroll):
             return self._observe_scan(embed, action, is_first, state, seed)
         seeds = split_seed(seed, length)
+        # Unstacked once: the gradient of T slices `embed[:, t]` would be T
+        # full-size scatters (T^2 memory traffic); that of an unstack is one stack.
+        steps = zip(*(tf.unstack(x, axis=1) for x in (action, embed, is_first)))
         posts, priors = [], []
-        for t in range(length):
-            state, prior = self.obs_step(state, action[:, t], embed[:, t], is_first[:, t], seeds[t])
+        for t, (act, emb, first) in enumerate(steps):
+            state, prior = self.obs_step(state, act, emb, first, seeds[t])
             posts.append(state)
             priors.append(prior)
         return _stack(posts, 1), _stack(priors, 1)
@@ -215,8 +218,8 @@ class RSSM(tf.keras.Model):
         length = action.shape[1]
         seeds = split_seed(seed, length)
         priors = []
-        for t in range(length):
-            state = self.img_step(state, action[:, t], seeds[t])
+        for t, act in enumerate(tf.unstack(action, axis=1)):
+            state = self.img_step(state, act, seeds[t])
             priors.append(state)
         return _stack(priors, 1)
 
