@@ -33,10 +33,20 @@ def read_bindings(config_path: str | os.PathLike) -> dict[str, object]:
     return bindings
 
 
+# Adam moves a parameter by at most about its learning rate per update, so
+# below this a meta-weighter keeps its initial weights over any run we make
+# (1e4 updates): a placebo run, weights a fixed random function of the state.
+PLACEBO_META_LR = 1e-7
+
+
 def method_name(bindings: dict) -> str:
-    """'dreamerv2', 'tempo-released' or 'tempo-lookahead' from a run's bindings."""
+    """'dreamerv2', 'tempo-released', 'tempo-lookahead' or 'tempo-placebo' (a
+    meta learning rate of at most PLACEBO_META_LR) from a run's bindings."""
     if not bindings.get("BilevelTrainer.meta", True):
         return "dreamerv2"
+    meta_lr = bindings.get("meta/Optimizer.lr")
+    if isinstance(meta_lr, (int, float)) and meta_lr <= PLACEBO_META_LR:
+        return "tempo-placebo"
     return f"tempo-{bindings.get('BilevelTrainer.hypergrad_sign', 'released')}"
 
 

@@ -152,3 +152,20 @@ def test_first_rewarded_frame_after_prefill_and_the_frame_cap(tmp_path):
     capped = plotting.load_run(logdir, max_frames=50)
     assert capped["first_reward"] is None
     assert capped["steps"].tolist() == [40] and capped["frames"] <= 50
+
+
+def test_method_names_separate_placebo_runs_from_tempo():
+    """A TEMPO run whose meta-weighter cannot move (meta learning rate 1e-9) is
+    its own method in the tables, not a seed of tempo-released."""
+    name = plotting.method_name
+    assert name({"BilevelTrainer.meta": False, "meta/Optimizer.lr": 1e-9}) == "dreamerv2"
+    assert name({"BilevelTrainer.meta": True, "meta/Optimizer.lr": 1e-4}) == "tempo-released"
+    assert name({"meta/Optimizer.lr": 1e-9}) == "tempo-placebo"
+    lookahead = {"BilevelTrainer.hypergrad_sign": "lookahead", "meta/Optimizer.lr": 1e-4}
+    assert name(lookahead) == "tempo-lookahead"
+
+
+def test_a_placebo_run_directory_loads_as_its_own_method(tmp_path):
+    bindings = {"train.task": "dmc_finger_spin", "meta/Optimizer.lr": 1e-9}
+    logdir = fake_run(tmp_path, "p", bindings, [(1000, 3.0)])
+    assert plotting.load_run(logdir)["method"] == "tempo-placebo"
