@@ -13,6 +13,7 @@ TRAIN_ARGS ?=
 # The learning-curve protocol (README, "Learning curves"): every task x method x
 # seed for CURVE_FRAMES env frames with cpu.gin, one run after another; re-running
 # resumes unfinished runs from their checkpoints (a finished one only re-exports).
+# tempo-placebo: TEMPO whose meta-weighter never moves from its initialization.
 CURVE_TASKS ?= dmc_cartpole_swingup dmc_finger_spin
 CURVE_METHODS ?= dreamerv2 tempo-released tempo-lookahead
 CURVE_SEEDS ?= 0
@@ -61,6 +62,7 @@ curves: setup
 	    dreamerv2) meta=false; sign=released; eta=;; \
 	    tempo-released) meta=true; sign=released; eta=;; \
 	    tempo-lookahead) meta=true; sign=lookahead; eta='BilevelTrainer.lookahead_lr = 1.0';; \
+	    tempo-placebo) meta=true; sign=released; eta='meta/Optimizer.lr = 1e-9';; \
 	    *) echo "unknown method $$method"; exit 1;; \
 	  esac; \
 	  $(PY) -m launch.train --logdir $(CURVE_DIR)/$$task/$$method/seed$$seed \
