@@ -103,7 +103,8 @@ class DistHead(tf.keras.Model):
 
     def params(self, features: tf.Tensor, training: bool | None = None) -> tuple[tf.Tensor, ...]:
         """What `distribution` turns into `self(features)`: the raw outputs."""
-        return self.dist.params(self.mlp(features, training=training))
+        with tf.name_scope(self.name):  # as a call would: profiles name the network
+            return self.dist.params(self.mlp(features, training=training))
 
     def distribution(self, params: tuple[tf.Tensor, ...]):
         return self.dist.distribution(params)
