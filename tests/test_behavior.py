@@ -159,7 +159,7 @@ def test_imagination_returns_the_policy_outputs_that_chose_each_action(discrete,
     shapes = {"vector": (2,)}
     trainer = tiny_trainer(shapes, action_size=A, discrete=discrete, meta=False, unroll=unroll)
     wm, actor = trainer.world_model, trainer.behavior.actor
-    data = wm.preprocess(random_batch({"vector": (2,)}, A, discrete, batch=2, length=3))
+    data = wm.preprocess(random_batch(shapes, A, discrete, batch=2, length=3))
     _, post, _ = wm.infer(data, wm.rssm.initial(2))
     seq = wm.imagine(actor, post, tf.zeros([2, 3], tf.bool), H, tf.constant([4, 5]))
     want = actor.params(seq["feat"][:-1])
