@@ -83,13 +83,14 @@ class ActorCritic(tf.Module):
         scale = (lambda x: x) if loss_scale is None else (lambda x: x * loss_scale)
         with tf.GradientTape() as actor_tape:
             seq = world_model.imagine(self.actor, start, is_terminal, self.horizon, seed)
-            reward = world_model.reward_head(seq["feat"]).mode()
-            value = self.slow_critic(seq["feat"]).mode()
+            layout = world_model.rssm.onehot_layout  # see WorldModel.imagine
+            reward = world_model.reward_head(seq["feat"], onehot=layout).mode()
+            value = self.slow_critic(seq["feat"], onehot=layout).mode()
             target = self.target(reward, value, seq)
             actor_loss, metrics = self.actor_loss(seq, target, value)
             scaled_actor_loss = scale(actor_loss)
         with tf.GradientTape() as critic_tape:
-            critic_loss = self.critic_loss(seq, target)
+            critic_loss = self.critic_loss(seq, target, layout)
             scaled_critic_loss = scale(critic_loss)
         actor_grads = actor_tape.gradient(scaled_actor_loss, self.actor.trainable_variables)
         critic_grads = critic_tape.gradient(scaled_critic_loss, self.critic.trainable_variables)
@@ -159,8 +160,10 @@ class ActorCritic(tf.Module):
         metrics["actor_entropy"] = tf.reduce_mean(entropy)
         return -tf.reduce_mean(weight[:-2] * objective), metrics
 
-    def critic_loss(self, seq: dict, target: tf.Tensor) -> tf.Tensor:
-        dist = self.critic(tf.stop_gradient(seq["feat"][:-1]))
+    def critic_loss(
+        self, seq: dict, target: tf.Tensor, onehot: tuple[int, int] | None = None
+    ) -> tf.Tensor:
+        dist = self.critic(tf.stop_gradient(seq["feat"][:-1]), onehot=onehot)
         weight = tf.stop_gradient(tf.cast(seq["weight"], target.dtype))
         return -tf.reduce_mean(dist.log_prob(tf.stop_gradient(target)) * weight[:-1])
 

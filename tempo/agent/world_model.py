@@ -203,7 +203,10 @@ class WorldModel(tf.keras.Model):
         state = {k: flat(v) for k, v in start.items()}
         feat = self.rssm.get_feat(state)
         action = tf.zeros([tf.shape(feat)[0], self.rssm.action_size], feat.dtype)
-        params_at = lambda feat: tuple(policy.params(tf.stop_gradient(feat)))
+        # Imagined features start with sampled one-hot latents: the heads' first
+        # layers gather their kernel rows (MLP's `onehot`).
+        layout = self.rssm.onehot_layout
+        params_at = lambda feat: tuple(policy.params(tf.stop_gradient(feat), onehot=layout))
 
         def step(carry, step_seed):
             state, _, _, params = carry
@@ -235,7 +238,7 @@ class WorldModel(tf.keras.Model):
         seq = dict(states, feat=feats, action=actions, policy=policy_params)
         dtype = tf.float32 if feat.dtype in (tf.float16, tf.bfloat16) else feat.dtype
         if self.discount_head is not None:
-            disc = self.discount_head(seq["feat"]).mean()
+            disc = self.discount_head(seq["feat"], onehot=layout).mean()
             first = self.discount * (1.0 - tf.cast(flat(is_terminal), dtype))
             disc = tf.concat([first[None], disc[1:]], 0)
         else:

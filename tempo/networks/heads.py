@@ -98,13 +98,25 @@ class DistHead(tf.keras.Model):
         self.mlp = MLP(layers, units, act, norm, name="mlp", dtype=self.dtype_policy)
         self.dist = DistLayer(shape, dist, min_std=min_std, name="dist", dtype=self.dtype_policy)
 
-    def call(self, features: tf.Tensor, training: bool | None = None):
-        return self.dist(self.mlp(features, training=training))
+    def call(
+        self,
+        features: tf.Tensor,
+        training: bool | None = None,
+        onehot: tuple[int, int] | None = None,
+    ):
+        """`onehot`: the features' one-hot layout, if they start with sampled
+        discrete latents (`RSSM.onehot_layout`); the MLP's first layer gathers."""
+        return self.dist(self.mlp(features, training=training, onehot=onehot))
 
-    def params(self, features: tf.Tensor, training: bool | None = None) -> tuple[tf.Tensor, ...]:
+    def params(
+        self,
+        features: tf.Tensor,
+        training: bool | None = None,
+        onehot: tuple[int, int] | None = None,
+    ) -> tuple[tf.Tensor, ...]:
         """What `distribution` turns into `self(features)`: the raw outputs."""
         with tf.name_scope(self.name):  # as a call would: profiles name the network
-            return self.dist.params(self.mlp(features, training=training))
+            return self.dist.params(self.mlp(features, training=training, onehot=onehot))
 
     def distribution(self, params: tuple[tf.Tensor, ...]):
         return self.dist.distribution(params)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tempo.networks.batch_norm import GlobalBatchNormalization
+from tempo.networks.onehot_matmul import onehot_prefix_matmul
 
 NORMS = ("none", "layer", "batch")
 
@@ -30,7 +31,10 @@ class MLP(tf.keras.layers.Layer):
     """`layers` x (Dense(units) -> norm -> activation).
 
     Inputs may have any number of leading batch dimensions; they are flattened
-    for the dense layers (batch normalization then sees every sample).
+    for the dense layers (batch normalization then sees every sample). A call
+    with `onehot=(groups, classes)` says that the inputs start with that many
+    one-hot groups (sampled discrete latents): the first layer then gathers
+    kernel rows for them instead of multiplying (same values and gradients).
     """
 
     def __init__(
@@ -52,15 +56,30 @@ class MLP(tf.keras.layers.Layer):
             norm_layer(norm, name=f"norm{i}", dtype=self.dtype_policy) for i in range(layers)
         ]
 
-    def call(self, x: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+    def call(
+        self,
+        x: tf.Tensor,
+        training: bool | None = None,
+        onehot: tuple[int, int] | None = None,
+    ) -> tf.Tensor:
         lead = leading_shape(x, 1)
         x = tf.reshape(x, [-1, x.shape[-1]])
-        for dense, norm in zip(self._dense, self._norms):
-            x = dense(x)
+        for i, (dense, norm) in enumerate(zip(self._dense, self._norms)):
+            if i == 0 and onehot is not None and dense.built:
+                x = _onehot_dense(dense, x, onehot)
+            else:
+                x = dense(x)
             if norm is not None:
                 x = norm(x, training=training)
             x = self._act(x)
         return restore_leading(x, lead)
+
+
+def _onehot_dense(dense: tf.keras.layers.Dense, x: tf.Tensor, onehot: tuple[int, int]):
+    """`dense(x)` through `onehot_prefix_matmul` (dense has no activation here)."""
+    with tf.name_scope(dense.name):
+        kernel, bias = tf.cast(dense.kernel, x.dtype), tf.cast(dense.bias, x.dtype)
+        return tf.nn.bias_add(onehot_prefix_matmul(x, kernel, *onehot), bias)
 
 
 def mlp_from_widths(

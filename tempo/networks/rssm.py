@@ -113,6 +113,13 @@ class RSSM(tf.keras.Model):
         return self.deter + self.stoch * (self.discrete or 1)
 
     @property
+    def onehot_layout(self) -> tuple[int, int] | None:
+        """(groups, classes) of the one-hot latents that start every sampled
+        feature vector (`get_feat` of a sampled or mode state), for heads that
+        gather instead of multiplying; None for Gaussian latents."""
+        return (self.stoch, self.discrete) if self.discrete else None
+
+    @property
     def stats_size(self) -> int:
         """Size of the flattened distribution parameters fed to the meta-weighter."""
         return self.stoch * (self.discrete or 1)
