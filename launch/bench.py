@@ -243,17 +243,14 @@ def run_loop_case(workers: int) -> dict:
 
 
 def count_gflop(trainer, batch, state) -> float | None:
-    """Floating-point operations of one update, from TensorFlow's graph profiler
-    (ops with registered FLOP statistics: matmuls, convolutions, elementwise)."""
-    import tensorflow as tf
+    """Floating-point operations of one update that run (ops with registered FLOP
+    statistics: matmuls, convolutions, elementwise; `tempo.profiling.live_flops`)."""
+    from tempo.profiling import live_flops
 
     try:
         concrete = trainer._compiled.get_concrete_function(batch, state)
-        options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
-        options["output"] = "none"
-        stats = tf.compat.v1.profiler.profile(graph=concrete.graph, options=options)
-        return stats.total_float_ops / 1e9
-    except Exception:  # noqa: BLE001 - the profiler is best-effort
+        return live_flops(concrete.graph) / 1e9
+    except Exception:  # noqa: BLE001 - the count is best-effort
         return None
 
 

@@ -95,3 +95,31 @@ def find_trace(directory: str | pathlib.Path) -> pathlib.Path:
     if not traces:
         raise FileNotFoundError(f"No *.xplane.pb under {directory}: was the profiler run there?")
     return traces[-1]
+
+
+def live_flops(graph) -> int:
+    """Floating-point operations of the ops of a `tf.function` graph that run.
+
+    A traced function graph keeps every op its Python code created, also those
+    whose results nothing uses, such as the kernel gradients a `GradientTape`
+    builds for layers it differentiates only for their inputs; TensorFlow prunes
+    them before running. Counted here: the ops that the graph's outputs and its
+    stateful ops (variable updates) depend on, through data and control inputs,
+    each by its registered FLOP statistic (ops without one count zero).
+    """
+    from tensorflow.python.framework import ops
+
+    stack = [t.op for t in graph.outputs] + list(graph.control_outputs)
+    seen, total = set(), 0
+    while stack:
+        op = stack.pop()
+        if op.name in seen:
+            continue
+        seen.add(op.name)
+        stack.extend(t.op for t in op.inputs)
+        stack.extend(op.control_inputs)
+        try:
+            total += ops.get_stats_for_node_def(graph, op.node_def, "flops").value or 0
+        except ValueError:  # no statistic registered, or shapes not static
+            pass
+    return total

@@ -43,3 +43,30 @@ def test_a_trace_of_a_graph_function_reads_back_its_kernels(tmp_path):
 def test_a_directory_without_a_trace_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="No \\*.xplane.pb"):
         find_trace(tmp_path)
+
+
+def test_live_flops_count_only_what_runs_by_hand():
+    """A gradient taken for the input only: the kernel's gradient product is in
+    the traced graph but not run, and an unused product is not counted either."""
+    import tensorflow as tf
+
+    from tempo.profiling import live_flops
+
+    kernel, other = tf.Variable(tf.ones([5, 3])), tf.Variable(tf.ones([5, 7]))
+
+    @tf.function
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = tf.matmul(x, kernel)  # [4, 5] x [5, 3]: 2 * 4 * 5 * 3 = 120
+            loss = tf.reduce_sum(y)  # no FLOP statistic in TensorFlow
+        tf.matmul(x, other)  # unused: pruned
+        dx = tape.gradient(loss, x)  # [4, 3] x [3, 5]: 120; dW (also 120) not needed
+        kernel.assign_add(tf.ones([5, 3]))  # stateful: runs, no FLOPs
+        return y, dx
+
+    graph = step.get_concrete_function(tf.TensorSpec([4, 5])).graph
+    matmuls = [op for op in graph.get_operations() if op.type == "MatMul"]
+    assert len(matmuls) == 4  # forward, unused, and both gradient products
+    # Live: the forward product (an output) and the input gradient's, 120 each.
+    assert live_flops(graph) == 240
