@@ -18,7 +18,9 @@ at debug sizes on a pixel task and reports env frames/s per worker count.
 
 also times the released TEMPO code (tests/reference/released_bench.py, in its
 own TensorFlow 2.15 environment: tests/reference/README.md) right after each
-case of ours, same batch and protocol, and prints the two side by side.
+case of ours, same batch and protocol, and prints the two side by side;
+`--rounds 3` repeats the whole list three times and adds the median and range
+of the per-round ratios.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import collections
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -40,6 +43,14 @@ MODES = ("tempo", "dreamerv2")
 flags.DEFINE_list("configs", ["debug", "dmc_proprio", "dmc_vision", "atari"], "Configs to run.")
 flags.DEFINE_list("modes", list(MODES), "tempo and/or dreamerv2.")
 flags.DEFINE_integer("iters", 10, "Timed updates after two warm-up updates.")
+flags.DEFINE_integer(
+    "rounds",
+    1,
+    "Run the whole list of cases this many times, alternating (with "
+    "--released_python, each of ours right before the release's): the side-by-side "
+    "table then gives the median and range of the per-round ratios, which a noisy "
+    "machine moves less than one round's.",
+)
 flags.DEFINE_integer("batch", 16, "Sequences per batch.")
 flags.DEFINE_integer("length", 50, "Steps per sequence.")
 flags.DEFINE_multi_string("gin_param", [], "Extra gin bindings for every case.")
@@ -260,19 +271,28 @@ def print_table(rows: list[dict]) -> None:
     header = f"{'config':<12}{'mode':<11}{'median s':>9}{'min s':>8}{'max s':>8}{'upd/s':>7}"
     header += f"{'compile s':>10}{'GFLOP':>8}{'GFLOP/s':>9}{'RSS MB':>8}{'policy ms':>10}"
     print(header)
-    by_config: dict[str, dict] = {}
+    by_round: dict[str, dict[int, dict]] = {}
     for r in rows:
-        by_config.setdefault(r["config"], {})[r["mode"]] = r
+        by_round.setdefault(r["config"], {}).setdefault(r.get("round", 0), {})[r["mode"]] = r
         print(
             f"{r['config']:<12}{r['mode']:<11}{r['median_s']:>9.3f}{r['min_s']:>8.3f}{r['max_s']:>8.3f}"
             f"{r['updates_per_s']:>7.2f}{r['compile_s']:>10.1f}{r['gflop'] or float('nan'):>8.1f}"
             f"{r['gflop_per_s'] or float('nan'):>9.1f}{r['peak_rss_mb']:>8.0f}"
             f"{r['policy_ms']:>10.2f}"
         )
-    for config, modes in by_config.items():
-        if {"tempo", "dreamerv2"} <= set(modes):
-            ratio = modes["tempo"]["median_s"] / modes["dreamerv2"]["median_s"]
-            print(f"{config}: TEMPO / DreamerV2 seconds per update = {ratio:.2f}")
+    for config, rounds in by_round.items():
+        ratios = [
+            modes["tempo"]["median_s"] / modes["dreamerv2"]["median_s"]
+            for modes in rounds.values()
+            if {"tempo", "dreamerv2"} <= set(modes)
+        ]
+        if ratios:
+            line = (
+                f"{config}: TEMPO / DreamerV2 seconds per update = {statistics.median(ratios):.2f}"
+            )
+            if len(ratios) > 1:
+                line += " (median of rounds: " + " ".join(f"{v:.2f}" for v in ratios) + ")"
+            print(line)
     for r in rows:
         if "parts_s" in r:
             parts = ", ".join(f"{k} {v:.3f} s" for k, v in r["parts_s"].items())
@@ -364,11 +384,27 @@ def run_released(config: str, mode: str) -> dict:
     return run_json_case(cmd, "RELEASED_JSON ", f"released {config}:{mode}", env)
 
 
+def round_ratios(ours: list[dict], released: list[dict]) -> dict[tuple[str, str], list[float]]:
+    """Per (config, mode): ours / released median seconds in each round that ran
+    both (rows carry `round`; rows without one are round 0)."""
+    theirs = {(r["config"], r["mode"], r.get("round", 0)): r for r in released}
+    ratios: dict[tuple[str, str], list[float]] = {}
+    for r in ours:
+        other = theirs.get((r["config"], r["mode"], r.get("round", 0)))
+        if other is not None:
+            ratios.setdefault((r["config"], r["mode"]), []).append(
+                r["median_s"] / other["median_s"]
+            )
+    return ratios
+
+
 def print_side_by_side(ours: list[dict], released: list[dict]) -> None:
-    """Ours against the release per (config, mode): medians, mins, ratios, memory."""
+    """Ours against the release per (config, mode): medians, mins, ratios, memory
+    (of the first round), and with several rounds the per-round ratios."""
     if not released:
         return
-    theirs = {(r["config"], r["mode"]): r for r in released}
+    ratios = round_ratios(ours, released)
+    theirs = {(r["config"], r["mode"]): r for r in released if r.get("round", 0) == 0}
     print("\nside by side, this machine, one sitting (released: TensorFlow 2.15, its own code)")
     print(
         f"{'config':<12}{'mode':<11}{'released s':>11}{'ours s':>8}{'ours/rel':>9}"
@@ -376,7 +412,7 @@ def print_side_by_side(ours: list[dict], released: list[dict]) -> None:
     )
     for r in ours:
         other = theirs.get((r["config"], r["mode"]))
-        if other is None:
+        if other is None or r.get("round", 0) != 0:
             continue
         print(
             f"{r['config']:<12}{r['mode']:<11}{other['median_s']:>11.3f}{r['median_s']:>8.3f}"
@@ -384,6 +420,15 @@ def print_side_by_side(ours: list[dict], released: list[dict]) -> None:
             f"{other['compile_s']:>12.1f} /{r['compile_s']:>6.1f}"
             f"{other['peak_rss_mb']:>10.0f} /{r['peak_rss_mb']:>5.0f}"
         )
+    if max(len(v) for v in ratios.values()) > 1:
+        print("\nours / released per round (median seconds of each round's pair)")
+        print(f"{'config':<12}{'mode':<11}{'median':>8}{'min':>7}{'max':>7}  rounds")
+        for (config, mode), values in ratios.items():
+            each = " ".join(f"{v:.2f}" for v in values)
+            print(
+                f"{config:<12}{mode:<11}{statistics.median(values):>8.2f}"
+                f"{min(values):>7.2f}{max(values):>7.2f}  {each}"
+            )
 
 
 def print_loop_table(rows: list[dict]) -> None:
@@ -415,11 +460,14 @@ def main(argv):
             raise app.UsageError(f"Unknown mode {mode!r}; choose from {MODES}.")
     cases = [(config, mode) for config in FLAGS.configs for mode in FLAGS.modes]
     cases += [("loop", str(int(workers))) for workers in FLAGS.loop_workers]
+    if FLAGS.rounds < 1:
+        raise app.UsageError(f"--rounds must be at least 1, got {FLAGS.rounds}.")
     rows, released = [], []
-    for config, mode in cases:
-        rows.append(run_in_subprocess(config, mode))
-        if FLAGS.released_python and config in ("dmc_proprio", "dmc_vision", "atari"):
-            released.append(run_released(config, mode))
+    for round_ in range(FLAGS.rounds):
+        for config, mode in cases:
+            rows.append(dict(run_in_subprocess(config, mode), round=round_))
+            if FLAGS.released_python and config in ("dmc_proprio", "dmc_vision", "atari"):
+                released.append(dict(run_released(config, mode), round=round_))
     print_table([r for r in rows if r["config"] != "loop"])
     print_side_by_side([r for r in rows if r["config"] != "loop"], released)
     print_loop_table([r for r in rows if r["config"] == "loop"])

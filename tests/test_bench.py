@@ -37,3 +37,39 @@ def test_bench_rows_parts_and_ratio(tmp_path):
     assert f"cpu: TEMPO / DreamerV2 seconds per update = {ratio:.2f}" in out.stdout
     assert "cpu tempo parts: model_forward" in out.stdout
     assert "Reproduce: python -m launch.bench --configs=cpu" in out.stdout
+
+
+def test_round_ratios_pair_each_round_with_its_own_release_case(capsys):
+    """Ratios are taken within a round (ours right before the release's), not
+    across rounds, and several rounds print their median and range."""
+    from launch import bench
+
+    def row(config, mode, median, round_):
+        return dict(
+            config=config,
+            mode=mode,
+            median_s=median,
+            min_s=median,
+            compile_s=1.0,
+            peak_rss_mb=100.0,
+            round=round_,
+        )
+
+    ours = [
+        row("atari", "tempo", 2.0, 0),
+        row("atari", "tempo", 3.0, 1),
+        row("atari", "tempo", 1.0, 2),
+        row("dmc_vision", "tempo", 1.0, 0),
+    ]
+    released = [
+        row("atari", "tempo", 4.0, 0),
+        row("atari", "tempo", 4.0, 1),
+        row("atari", "tempo", 5.0, 2),
+    ]  # no released dmc_vision case
+    ratios = bench.round_ratios(ours, released)
+    assert ratios == {("atari", "tempo"): [0.5, 0.75, 0.2]}
+    bench.print_side_by_side(ours, released)
+    out = capsys.readouterr().out
+    assert "ours / released per round" in out
+    lines = [line.split() for line in out.splitlines()]
+    assert ["atari", "tempo", "0.50", "0.20", "0.75", "0.50", "0.75", "0.20"] in lines
