@@ -298,7 +298,7 @@ def print_table(rows: list[dict]) -> None:
             parts = ", ".join(f"{k} {v:.3f} s" for k, v in r["parts_s"].items())
             print(f"{r['config']} {r['mode']} parts: {parts}")
     for r in rows:
-        if (
+        if r.get("round", 0) == 0 and (
             r["mode"] == "tempo"
             or len({x["mode"] for x in rows if x["config"] == r["config"]}) == 1
         ):
