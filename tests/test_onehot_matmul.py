@@ -28,7 +28,10 @@ def straight_through_features(seed: int) -> tf.Tensor:
     logits = tf.constant(rng.normal(size=(N, GROUPS, CLASSES)), tf.float32)
     sample = OneHotDist(logits).sample(seed=[seed, 1])
     rest = tf.constant(rng.normal(size=(N, REST)), tf.float32)
-    return tf.concat([tf.reshape(sample, [N, -1]), rest], -1)
+    # Row 0 is an initial state (all groups zero), row 1 has one zero group.
+    keep = np.ones((N, GROUPS, 1), np.float32)
+    keep[0], keep[1, 2] = 0.0, 0.0
+    return tf.concat([tf.reshape(sample * keep, [N, -1]), rest], -1)
 
 
 def test_product_equals_the_dense_one_with_both_gradients():
@@ -42,10 +45,11 @@ def test_product_equals_the_dense_one_with_both_gradients():
         ours_loss, dense_loss = tf.reduce_sum(ours * dy), tf.reduce_sum(dense * dy)
     np.testing.assert_allclose(ours, dense, rtol=1e-6, atol=1e-6)
     # The exact product, by hand: the sum of the kernel rows of the ones.
-    hot = np.argmax(x.numpy()[:, : GROUPS * CLASSES].reshape(N, GROUPS, CLASSES), -1)
-    rows = hot + np.arange(GROUPS) * CLASSES
+    groups = x.numpy()[:, : GROUPS * CLASSES].reshape(N, GROUPS, CLASSES)
+    rows = np.argmax(groups, -1) + np.arange(GROUPS) * CLASSES
+    present = groups.max(-1, keepdims=True) > 0.5  # zero groups add nothing
     rest = x.numpy()[:, GROUPS * CLASSES :]
-    by_hand = kernel.numpy()[rows].sum(1) + rest @ kernel.numpy()[-REST:]
+    by_hand = (kernel.numpy()[rows] * present).sum(1) + rest @ kernel.numpy()[-REST:]
     np.testing.assert_allclose(ours, by_hand, rtol=1e-6, atol=1e-6)
     for a, b in zip(tape.gradient(ours_loss, [x, kernel]), tape.gradient(dense_loss, [x, kernel])):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)

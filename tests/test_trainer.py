@@ -261,3 +261,35 @@ def test_task_aware_upper_loss_by_hand():
     want = np.mean((normed(v_post) - normed(v_prior)) ** 2)
     assert float(upper) == pytest.approx(want, rel=1e-4)
     assert v_post.shape == (2, 4)
+
+
+def test_the_behaviour_step_gathering_one_hot_latents_equals_the_dense_one():
+    """The heads' gather (the default) against their dense product
+    (`onehot_gather=False`, what XLA compiles): same losses and gradients."""
+    trainer = tiny_trainer(SHAPES, discrete=True, meta=False, seed=5).build()
+    batch = random_batch(SHAPES, 3, True, batch=2, length=4)
+    seed = tf.constant([3, 4], tf.int64)
+    data = trainer.world_model.preprocess(tf.nest.map_structure(tf.convert_to_tensor, batch))
+    post = trainer.losses(data, trainer.initial_state(2), seed)[2]["post"]
+    results = [
+        trainer.behavior.gradients(
+            trainer.world_model, post, data["is_terminal"], seed, onehot_gather=gather
+        )
+        for gather in (True, False)
+    ]
+    (actor, critic, metrics), (actor_d, critic_d, metrics_d) = results
+    for key in ("actor_loss", "critic_loss", "imag_return_mean", "imag_reward_mean"):
+        np.testing.assert_allclose(metrics[key], metrics_d[key], rtol=1e-5, err_msg=key)
+    for a, b in zip(actor + critic, actor_d + critic_d):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_an_xla_compiled_update_with_discrete_latents_runs():
+    """XLA cannot compile the heads' one-hot gather; under `jit_compile` the
+    trainer keeps their dense product. (Stateless sampling under XLA draws other
+    numbers than the plain graph, so the two updates are not compared.)"""
+    data = random_batch(SHAPES, 3, True, batch=2, length=4)
+    trainer = tiny_trainer(SHAPES, discrete=True, meta=False, seed=5, jit_compile=True)
+    _, metrics = trainer.train(data, trainer.initial_state(2))
+    assert metrics["update_skipped"] == 0 and metrics["behavior_skipped"] == 0
+    assert all(np.isfinite(float(v)) for v in metrics.values())

@@ -76,14 +76,19 @@ class ActorCritic(tf.Module):
         is_terminal: tf.Tensor,
         seed=None,
         loss_scale: tf.Tensor | None = None,
+        onehot_gather: bool = True,
     ) -> tuple[list, list, dict]:
         """Actor and critic gradients and metrics of the whole batch (averaged over
         replicas under `tf.distribute`: every loss here is a mean over B x T).
-        `loss_scale` (float16) multiplies the losses and divides the gradients."""
+        `loss_scale` (float16) multiplies the losses and divides the gradients.
+        `onehot_gather`: the heads gather the kernel rows of one-hot latents
+        (`onehot_prefix_matmul`); False keeps the dense product, which XLA needs."""
         scale = (lambda x: x) if loss_scale is None else (lambda x: x * loss_scale)
         with tf.GradientTape() as actor_tape:
-            seq = world_model.imagine(self.actor, start, is_terminal, self.horizon, seed)
-            layout = world_model.rssm.onehot_layout  # see WorldModel.imagine
+            seq = world_model.imagine(
+                self.actor, start, is_terminal, self.horizon, seed, onehot_gather
+            )
+            layout = world_model.rssm.onehot_layout if onehot_gather else None
             reward = world_model.reward_head(seq["feat"], onehot=layout).mode()
             value = self.slow_critic(seq["feat"], onehot=layout).mode()
             target = self.target(reward, value, seq)

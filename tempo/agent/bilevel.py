@@ -239,8 +239,10 @@ class BilevelTrainer(tf.Module):
         """Step 7 with the updated world model; skipped with the model step."""
         behavior = self.behavior
         scale = None if self.loss_scale is None else self.loss_scale.scale
+        # XLA cannot compile the heads' one-hot gather: the dense product then.
+        gather = not self.jit_compile
         actor_grads, critic_grads, metrics = self._run(
-            behavior.gradients, self.world_model, post, is_terminal, seed, scale
+            behavior.gradients, self.world_model, post, is_terminal, seed, scale, gather
         )
         finite = self._first(self._run(behavior.finite, actor_grads, critic_grads, metrics))
         finite = tf.logical_and(finite, allowed)

@@ -192,20 +192,22 @@ class WorldModel(tf.keras.Model):
         is_terminal: tf.Tensor,
         horizon: int,
         seed=None,
+        onehot_gather: bool = True,
     ) -> dict[str, tf.Tensor]:
         """Rolls the prior forward `horizon` steps from every start state with
         actions sampled from `policy(features)`. Returns time-major [H + 1, N]
         tensors: feat, action, discount, weight (cumulative discount) and the RSSM
         state entries; and [H, N] `policy`: the policy's raw outputs at states
         0..H-1, which chose actions 1..H (a tuple for `policy.distribution`), so
-        that the actor loss reuses that forward pass instead of repeating it."""
+        that the actor loss reuses that forward pass instead of repeating it.
+        `onehot_gather=False` keeps the heads' dense first layer (XLA)."""
         flat = lambda x: tf.reshape(x, [-1, *x.shape[2:]])
         state = {k: flat(v) for k, v in start.items()}
         feat = self.rssm.get_feat(state)
         action = tf.zeros([tf.shape(feat)[0], self.rssm.action_size], feat.dtype)
         # Imagined features start with sampled one-hot latents: the heads' first
         # layers gather their kernel rows (MLP's `onehot`).
-        layout = self.rssm.onehot_layout
+        layout = self.rssm.onehot_layout if onehot_gather else None
         params_at = lambda feat: tuple(policy.params(tf.stop_gradient(feat), onehot=layout))
 
         def step(carry, step_seed):

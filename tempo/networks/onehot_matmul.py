@@ -24,10 +24,12 @@ import tensorflow as tf
 def onehot_prefix_matmul(x: tf.Tensor, kernel: tf.Tensor, groups: int, classes: int) -> tf.Tensor:
     """`x @ kernel` for a [N, D] `x` whose first `groups * classes` columns are
     `groups` one-hot vectors of `classes` entries (a straight-through sample's
-    value, one plus or minus a rounding error, counts as one).
+    value, one plus or minus a rounding error, counts as one) or all zeros (the
+    RSSM's initial state).
 
-    Precondition, not checked: each group holds exactly one non-zero entry, and
-    it is one; a group of zeros or of probabilities gives a wrong product.
+    Precondition, not checked: every group is one of those two; a group of
+    probabilities gives a wrong product. XLA cannot compile the gather: under
+    `jit_compile` use the dense product.
     """
     prefix = groups * classes
     if x.shape[-1] is not None and x.shape[-1] < prefix:
@@ -40,9 +42,13 @@ def onehot_prefix_matmul(x: tf.Tensor, kernel: tf.Tensor, groups: int, classes: 
     def product(x, kernel):
         rows = tf.shape(x)[0]
         hot = tf.reshape(x[:, :prefix], [-1, groups, classes])
-        index = tf.argmax(hot, -1, output_type=tf.int32) + tf.range(groups)[None] * classes
+        index = tf.argmax(hot, -1, output_type=tf.int32)
+        # A group of zeros reads an appended zero row instead of row 0.
+        is_hot = tf.gather(hot, index, batch_dims=2) > 0.5
+        index = tf.where(is_hot, index + tf.range(groups)[None] * classes, prefix)
+        table = tf.concat([kernel[:prefix], tf.zeros_like(kernel[:1])], 0)
         segments = tf.repeat(tf.range(rows), groups)  # sorted, as segment_sum needs
-        onehot_part = tf.sparse.segment_sum(kernel[:prefix], tf.reshape(index, [-1]), segments)
+        onehot_part = tf.sparse.segment_sum(table, tf.reshape(index, [-1]), segments)
         y = onehot_part + tf.matmul(x[:, prefix:], kernel[prefix:])
 
         def grad(dy):
