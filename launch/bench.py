@@ -420,7 +420,7 @@ def print_side_by_side(ours: list[dict], released: list[dict]) -> None:
             f"{other['compile_s']:>12.1f} /{r['compile_s']:>6.1f}"
             f"{other['peak_rss_mb']:>10.0f} /{r['peak_rss_mb']:>5.0f}"
         )
-    if max(len(v) for v in ratios.values()) > 1:
+    if any(len(v) > 1 for v in ratios.values()):
         print("\nours / released per round (median seconds of each round's pair)")
         print(f"{'config':<12}{'mode':<11}{'median':>8}{'min':>7}{'max':>7}  rounds")
         for (config, mode), values in ratios.items():

@@ -85,10 +85,9 @@ class ActorCritic(tf.Module):
         (`onehot_prefix_matmul`); False keeps the dense product, which XLA needs."""
         scale = (lambda x: x) if loss_scale is None else (lambda x: x * loss_scale)
         with tf.GradientTape() as actor_tape:
-            seq = world_model.imagine(
-                self.actor, start, is_terminal, self.horizon, seed, onehot_gather
-            )
+            # Imagined features start with sampled one-hot latents.
             layout = world_model.rssm.onehot_layout if onehot_gather else None
+            seq = world_model.imagine(self.actor, start, is_terminal, self.horizon, seed, layout)
             reward = world_model.reward_head(seq["feat"], onehot=layout).mode()
             value = self.slow_critic(seq["feat"], onehot=layout).mode()
             target = self.target(reward, value, seq)

@@ -192,7 +192,7 @@ class WorldModel(tf.keras.Model):
         is_terminal: tf.Tensor,
         horizon: int,
         seed=None,
-        onehot_gather: bool = True,
+        onehot: tuple[int, int] | None = None,
     ) -> dict[str, tf.Tensor]:
         """Rolls the prior forward `horizon` steps from every start state with
         actions sampled from `policy(features)`. Returns time-major [H + 1, N]
@@ -200,15 +200,14 @@ class WorldModel(tf.keras.Model):
         state entries; and [H, N] `policy`: the policy's raw outputs at states
         0..H-1, which chose actions 1..H (a tuple for `policy.distribution`), so
         that the actor loss reuses that forward pass instead of repeating it.
-        `onehot_gather=False` keeps the heads' dense first layer (XLA)."""
+        `onehot`: `rssm.onehot_layout`, for the policy and discount heads to
+        gather the kernel rows of the sampled one-hot latents (MLP's `onehot`);
+        None keeps their dense first layer."""
         flat = lambda x: tf.reshape(x, [-1, *x.shape[2:]])
         state = {k: flat(v) for k, v in start.items()}
         feat = self.rssm.get_feat(state)
         action = tf.zeros([tf.shape(feat)[0], self.rssm.action_size], feat.dtype)
-        # Imagined features start with sampled one-hot latents: the heads' first
-        # layers gather their kernel rows (MLP's `onehot`).
-        layout = self.rssm.onehot_layout if onehot_gather else None
-        params_at = lambda feat: tuple(policy.params(tf.stop_gradient(feat), onehot=layout))
+        params_at = lambda feat: tuple(policy.params(tf.stop_gradient(feat), onehot=onehot))
 
         def step(carry, step_seed):
             state, _, _, params = carry
@@ -240,7 +239,7 @@ class WorldModel(tf.keras.Model):
         seq = dict(states, feat=feats, action=actions, policy=policy_params)
         dtype = tf.float32 if feat.dtype in (tf.float16, tf.bfloat16) else feat.dtype
         if self.discount_head is not None:
-            disc = self.discount_head(seq["feat"], onehot=layout).mean()
+            disc = self.discount_head(seq["feat"], onehot=onehot).mean()
             first = self.discount * (1.0 - tf.cast(flat(is_terminal), dtype))
             disc = tf.concat([first[None], disc[1:]], 0)
         else:
