@@ -13,6 +13,7 @@ seeds), and prints the tables. `--max_frames` compares runs at one budget.
 from __future__ import annotations
 
 import glob
+import os
 import sys
 
 from absl import app, flags
@@ -40,6 +41,7 @@ def main(argv):
     if not runs:
         sys.exit(f"error: no tempo run directory matches {FLAGS.logdirs}")
     curves = plotting.aggregate(runs)
+    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
     plotting.write_csv(curves, FLAGS.out + ".csv")
     plotting.plot_curves(curves, FLAGS.out + ".png", FLAGS.metric)
     table = plotting.summary_table(curves)

@@ -71,12 +71,12 @@ def test_training_seconds_skip_the_pause_between_sittings():
 
 
 def test_launcher_writes_png_and_csv(runs, tmp_path):
-    out = tmp_path / "curves"
+    out = tmp_path / "new" / "curves"  # a folder that does not exist yet
     cmd = [sys.executable, "-m", "launch.plot", f"--logdirs={runs}/*", f"--out={out}"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    rows = list(csv.DictReader(open(tmp_path / "curves.csv")))
+    assert (tmp_path / "new" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = list(csv.DictReader(open(tmp_path / "new" / "curves.csv")))
     tempo = [r for r in rows if r["method"] == "tempo-released"]
     assert [(int(r["step"]), float(r["mean"])) for r in tempo] == [
         (1000, 15.0),
@@ -84,7 +84,7 @@ def test_launcher_writes_png_and_csv(runs, tmp_path):
         (3000, 60.0),
     ]
     assert "tempo-lookahead" in result.stdout and "dreamerv2" in result.stdout
-    table = (tmp_path / "curves.md").read_text()
+    table = (tmp_path / "new" / "curves.md").read_text()
     # seeds 0,1; 3000 frames; final 60; AUC 28.75; 50 + 33.3 s of training.
     # Per seed: final 50 and 70 (std 14.1); AUC 30 and 27.5 (std 1.8).
     row = (
