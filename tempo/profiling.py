@@ -97,6 +97,21 @@ def find_trace(directory: str | pathlib.Path) -> pathlib.Path:
     return traces[-1]
 
 
+def upstream_ops(roots) -> list:
+    """The graph ops `roots` (ops) wait for, themselves included, through data and
+    control inputs: what TensorFlow runs to produce them."""
+    stack, seen, found = list(roots), set(), []
+    while stack:
+        op = stack.pop()
+        if op.name in seen:
+            continue
+        seen.add(op.name)
+        found.append(op)
+        stack.extend(t.op for t in op.inputs)
+        stack.extend(op.control_inputs)
+    return found
+
+
 def live_flops(graph) -> int:
     """Floating-point operations of the ops of a `tf.function` graph that run.
 
@@ -109,15 +124,8 @@ def live_flops(graph) -> int:
     """
     from tensorflow.python.framework import ops
 
-    stack = [t.op for t in graph.outputs] + list(graph.control_outputs)
-    seen, total = set(), 0
-    while stack:
-        op = stack.pop()
-        if op.name in seen:
-            continue
-        seen.add(op.name)
-        stack.extend(t.op for t in op.inputs)
-        stack.extend(op.control_inputs)
+    total = 0
+    for op in upstream_ops([t.op for t in graph.outputs] + list(graph.control_outputs)):
         try:
             total += ops.get_stats_for_node_def(graph, op.node_def, "flops").value or 0
         except ValueError:  # no statistic registered, or shapes not static

@@ -6,6 +6,7 @@ import tensorflow as tf
 from support import random_batch, tiny_trainer
 
 from tempo.agent.hypergradient import bilevel_gradients, meta_gradient
+from tempo.profiling import upstream_ops
 
 SHAPES = {"image": (64, 64, 1), "vector": (3,)}
 # The look-ahead identity dL_up(theta - eta g_low)/dalpha = -eta h holds to first
@@ -104,15 +105,7 @@ def test_hypergradient_of_quadratic_matches_closed_form(float64):
 
 def _ancestors(tensor: tf.Tensor) -> set[str]:
     """Names of the ops a graph tensor waits for, through data and control edges."""
-    stack, seen = [tensor.op], set()
-    while stack:
-        op = stack.pop()
-        if op.name in seen:
-            continue
-        seen.add(op.name)
-        stack.extend(t.op for t in op.inputs)
-        stack.extend(op.control_inputs)
-    return seen
+    return {op.name for op in upstream_ops([tensor.op])}
 
 
 def test_lower_backward_pass_waits_for_the_upper_one():
