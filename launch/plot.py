@@ -6,8 +6,9 @@ Writes <out>.png (one panel per task; per method the mean over seeds, each
 seed's curve and the min-max band), <out>.csv (the numbers plotted) and <out>.md
 (per task and method: final and area-under-curve returns as mean and standard
 deviation over seeds, frames, training wall-clock, each run's first rewarded
-frame; and each method minus DreamerV2 with a 95% bootstrap interval over
-seeds), and prints the tables. `--max_frames` compares runs at one budget.
+frame and its rewarded episodes after prefill; and each method minus DreamerV2
+with a 95% bootstrap interval over seeds), and prints the tables. `--max_frames`
+compares runs at one budget.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 task and method: the mean over seeds with a min-max band and each seed's own
 curve, per-seed final and area-under-curve returns (mean and standard
 deviation over seeds), each TEMPO method minus DreamerV2 with a bootstrap
-interval over seeds, and the frame of each run's first rewarded episode."""
+interval over seeds, and when each run first met reward and how often after."""
 
 from __future__ import annotations
 
@@ -53,10 +53,11 @@ def method_name(bindings: dict) -> str:
 def load_run(
     logdir: str | os.PathLike, metric: str = "eval/return", max_frames: int | None = None
 ) -> dict:
-    """{task, method, seed, steps, values, wall_s, frames, first_reward} of one run
-    directory (wall_s: `training_seconds`; frames: the last env frame logged;
-    first_reward: `first_rewarded_frame`). `max_frames` drops what came later, so
-    that runs of different lengths compare at one budget."""
+    """{task, method, seed, steps, values, wall_s, frames, first_reward, rewarded}
+    of one run directory (wall_s: `training_seconds`; frames: the last env frame
+    logged; first_reward and rewarded, the latter as (rewarded, episodes):
+    `rewarded_episodes`). `max_frames` drops what came later, so that runs of
+    different lengths compare at one budget."""
     logdir = pathlib.Path(logdir)
     config, metrics = logdir / "config.gin", logdir / "metrics.jsonl"
     if not config.exists() or not metrics.exists():
@@ -72,6 +73,7 @@ def load_run(
         if record.get(metric) is not None:
             steps.append(int(record["step"]))
             values.append(float(record[metric]))
+    first_reward, rewarded, episodes = rewarded_episodes(logdir, bindings, max_frames)
     return {
         "logdir": str(logdir),
         "task": bindings.get("train.task", "unknown"),
@@ -81,34 +83,39 @@ def load_run(
         "values": np.asarray(values),
         "wall_s": training_seconds(records),
         "frames": max((int(r["step"]) for r in records), default=0),
-        "first_reward": first_rewarded_frame(logdir, bindings, max_frames),
+        "first_reward": first_reward,
+        "rewarded": (rewarded, episodes),
     }
 
 
-def first_rewarded_frame(
+def rewarded_episodes(
     logdir: str | os.PathLike, bindings: dict, max_frames: int | None = None
-) -> int | None:
-    """The env frame at the end of the first episode after the random prefill
-    with a positive return, from the run's replay (episode files in time
-    order, their lengths in agent steps), or None if there is none (up to
-    `max_frames`). On a sparse task this is when the agent first found reward."""
+) -> tuple[int | None, int, int]:
+    """(first, rewarded, episodes) over the episodes the agent collected after the
+    random prefill (up to `max_frames`), from the run's replay (episode files in
+    time order, their lengths in agent steps): the env frame at the end of the
+    first one with a positive return (None if none), how many had a positive
+    return and how many there were. On a sparse task this says when the agent
+    found reward and how often it came back to it."""
     from tempo.envs import DEFAULT_ACTION_REPEAT
     from tempo.replay import episode_files_in_order
 
     task = str(bindings.get("train.task", ""))
     repeat = bindings.get("train.action_repeat") or DEFAULT_ACTION_REPEAT.get(task.split("_")[0], 1)
     prefill = int(bindings.get("train.prefill", 0))
-    steps = 0
+    first, rewarded, episodes, steps = None, 0, 0, 0
     for path, length in episode_files_in_order(pathlib.Path(logdir) / "replay"):
         start, steps = steps, steps + length
         if max_frames is not None and steps * repeat > max_frames:
-            return None
+            break
         if start < prefill:
             continue
+        episodes += 1
         with np.load(path) as episode:
             if float(np.sum(episode["reward"])) > 0:
-                return int(steps * repeat)
-    return None
+                rewarded += 1
+                first = int(steps * repeat) if first is None else first
+    return first, rewarded, episodes
 
 
 def training_seconds(records: list[dict]) -> float:
@@ -161,6 +168,7 @@ def aggregate(runs: list[dict]) -> dict[tuple[str, str], dict]:
             "auc": float(np.mean(aucs)),
             "auc_std": _std(aucs),
             "first_reward": [r.get("first_reward") for r in members],
+            "rewarded": [r.get("rewarded") for r in members],
             "wall_s": float(np.mean([r["wall_s"] for r in members])),
             "frames": int(min(r["frames"] for r in members)),
         }
@@ -210,12 +218,13 @@ def summary_table(curves: dict, baseline: str = "dreamerv2") -> str:
     """Markdown tables: per (task, method) the seeds, frames trained (the fewest
     of any seed), final and area-under-curve returns (mean and standard
     deviation over seeds), the training wall-clock in all and per 100k frames
-    (mean over seeds) and each run's first rewarded frame; then each method
+    (mean over seeds), each run's first rewarded frame and its rewarded
+    episodes after prefill out of all it collected; then each method
     minus `baseline` with its bootstrap interval."""
     lines = [
         "| task | method | seeds | frames | final | AUC | training h | h per 100k frames "
-        "| first rewarded frame per seed |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| first rewarded frame per seed | rewarded episodes per seed |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (task, method), c in curves.items():
         # No timed interval yet (only the first, which is not counted): no hours.
@@ -227,9 +236,10 @@ def summary_table(curves: dict, baseline: str = "dreamerv2") -> str:
             final += f" ± {_fmt(c['final_std'], 1)}"
             auc += f" ± {_fmt(c['auc_std'], 1)}"
         first = ", ".join("none" if f is None else f"{f:,}" for f in c["first_reward"])
+        found = ", ".join("n/a" if r is None else f"{r[0]}/{r[1]}" for r in c["rewarded"])
         lines.append(
             f"| {task} | {method} | {seeds} | {c['frames']:,} | {final} | {auc} | "
-            f"{_fmt(hours, 2)} | {_fmt(per_100k, 2)} | {first} |"
+            f"{_fmt(hours, 2)} | {_fmt(per_100k, 2)} | {first} | {found} |"
         )
     rows = differences(curves, baseline)
     if rows:

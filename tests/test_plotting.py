@@ -89,7 +89,7 @@ def test_launcher_writes_png_and_csv(runs, tmp_path):
     # Per seed: final 50 and 70 (std 14.1); AUC 30 and 27.5 (std 1.8).
     row = (
         "| dmc_cartpole_swingup | tempo-released | 0,1 | 3,000 | 60.0 ± 14.1 | 28.8 ± 1.8 "
-        "| 0.02 | 0.77 | none, none |"
+        "| 0.02 | 0.77 | none, none | 0/0, 0/0 |"
     )
     assert row in table.splitlines() and row in result.stdout
 
@@ -98,7 +98,7 @@ def test_a_run_with_one_evaluation_has_no_auc_or_hours_yet(tmp_path):
     # One eval point and one log interval (the first, not timed): both undefined.
     fake_run(tmp_path, "a", {"train.task": "dmc_finger_spin"}, [(5000, 2.2)])
     curves = plotting.aggregate([plotting.load_run(tmp_path / "a")])
-    row = "| dmc_finger_spin | tempo-released | 0 | 5,000 | 2.2 | n/a | n/a | n/a | none |"
+    row = "| dmc_finger_spin | tempo-released | 0 | 5,000 | 2.2 | n/a | n/a | n/a | none | 0/0 |"
     assert row in plotting.summary_table(curves).splitlines()
 
 
@@ -138,7 +138,7 @@ def write_episode(replay, stamp, rewards):
     np.savez_compressed(replay / name, reward=np.asarray(rewards, np.float32))
 
 
-def test_first_rewarded_frame_after_prefill_and_the_frame_cap(tmp_path):
+def test_rewarded_episodes_after_prefill_and_the_frame_cap(tmp_path):
     bindings = {"train.task": "dmc_finger_spin", "train.prefill": 10, "train.action_repeat": 2}
     logdir = fake_run(tmp_path, "run", bindings, [(40, 0.0), (80, 5.0), (120, 9.0)])
     replay = logdir / "replay"
@@ -148,9 +148,12 @@ def test_first_rewarded_frame_after_prefill_and_the_frame_cap(tmp_path):
     write_episode(replay, 3, [0] * 9 + [0.5])  # steps 20-30: rewarded, ends at frame 60
     write_episode(replay, 4, [1] * 10)
     (replay / "notes.npz").write_bytes(b"")  # not an episode file name: skipped
-    assert plotting.load_run(logdir)["first_reward"] == 60
+    run = plotting.load_run(logdir)
+    assert run["first_reward"] == 60 and run["rewarded"] == (2, 3)
     capped = plotting.load_run(logdir, max_frames=50)
-    assert capped["first_reward"] is None
+    assert capped["first_reward"] is None and capped["rewarded"] == (0, 1)
+    curves = plotting.aggregate([run])
+    assert "| 60 | 2/3 |" in plotting.summary_table(curves)
     assert capped["steps"].tolist() == [40] and capped["frames"] <= 50
 
 
