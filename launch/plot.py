@@ -8,7 +8,8 @@ seed's curve and the min-max band), <out>.csv (the numbers plotted) and <out>.md
 deviation over seeds, frames, training wall-clock, each run's first rewarded
 frame and its rewarded episodes after prefill; and each method minus DreamerV2
 with a 95% bootstrap interval over seeds), and prints the tables. `--max_frames`
-compares runs at one budget.
+compares runs at one budget; `--min_frames` compares runs continued from one
+checkpoint over the frames after it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ flags.DEFINE_list("logdirs", None, "Run directories or glob patterns (comma sepa
 flags.DEFINE_string("out", "curves", "Output path without extension.")
 flags.DEFINE_string("metric", "eval/return", "metrics.jsonl key to plot.")
 flags.DEFINE_integer("max_frames", None, "Ignore everything logged after this env frame.")
+flags.DEFINE_integer("min_frames", 0, "Ignore everything logged before this env frame.")
 flags.mark_flag_as_required("logdirs")
 FLAGS = flags.FLAGS
 
@@ -36,7 +38,7 @@ def main(argv):
     runs = []
     for path in paths:
         try:
-            runs.append(plotting.load_run(path, FLAGS.metric, FLAGS.max_frames))
+            runs.append(plotting.load_run(path, FLAGS.metric, FLAGS.max_frames, FLAGS.min_frames))
         except ValueError as error:
             print(f"skipping: {error}", file=sys.stderr)
     if not runs:

@@ -51,13 +51,18 @@ def method_name(bindings: dict) -> str:
 
 
 def load_run(
-    logdir: str | os.PathLike, metric: str = "eval/return", max_frames: int | None = None
+    logdir: str | os.PathLike,
+    metric: str = "eval/return",
+    max_frames: int | None = None,
+    min_frames: int = 0,
 ) -> dict:
-    """{task, method, seed, steps, values, wall_s, frames, first_reward, rewarded}
-    of one run directory (wall_s: `training_seconds`; frames: the last env frame
-    logged; first_reward and rewarded, the latter as (rewarded, episodes):
+    """{task, method, seed, steps, values, wall_s, timed_frames, frames,
+    first_reward, rewarded} of one run directory (wall_s: `training_seconds`,
+    over timed_frames env frames; frames: the last env frame logged;
+    first_reward and rewarded, the latter as (rewarded, episodes):
     `rewarded_episodes`). `max_frames` drops what came later, so that runs of
-    different lengths compare at one budget."""
+    different lengths compare at one budget; `min_frames` what came earlier, so
+    that runs continued from one checkpoint compare over what they did apart."""
     logdir = pathlib.Path(logdir)
     config, metrics = logdir / "config.gin", logdir / "metrics.jsonl"
     if not config.exists() or not metrics.exists():
@@ -66,6 +71,7 @@ def load_run(
         )
     bindings = read_bindings(config)
     records = read_records(metrics)
+    records = [r for r in records if int(r["step"]) >= min_frames]
     if max_frames is not None:
         records = [r for r in records if int(r["step"]) <= max_frames]
     steps, values = [], []
@@ -73,7 +79,7 @@ def load_run(
         if record.get(metric) is not None:
             steps.append(int(record["step"]))
             values.append(float(record[metric]))
-    first_reward, rewarded, episodes = rewarded_episodes(logdir, bindings, max_frames)
+    first_reward, rewarded, episodes = rewarded_episodes(logdir, bindings, max_frames, min_frames)
     return {
         "logdir": str(logdir),
         "task": bindings.get("train.task", "unknown"),
@@ -82,6 +88,7 @@ def load_run(
         "steps": np.asarray(steps),
         "values": np.asarray(values),
         "wall_s": training_seconds(records),
+        "timed_frames": timed_frames(records),
         "frames": max((int(r["step"]) for r in records), default=0),
         "first_reward": first_reward,
         "rewarded": (rewarded, episodes),
@@ -89,14 +96,17 @@ def load_run(
 
 
 def rewarded_episodes(
-    logdir: str | os.PathLike, bindings: dict, max_frames: int | None = None
+    logdir: str | os.PathLike,
+    bindings: dict,
+    max_frames: int | None = None,
+    min_frames: int = 0,
 ) -> tuple[int | None, int, int]:
     """(first, rewarded, episodes) over the episodes the agent collected after the
-    random prefill (up to `max_frames`), from the run's replay (episode files in
-    time order, their lengths in agent steps): the env frame at the end of the
-    first one with a positive return (None if none), how many had a positive
-    return and how many there were. On a sparse task this says when the agent
-    found reward and how often it came back to it."""
+    random prefill that ended after `min_frames` (and by `max_frames`), from the
+    run's replay (episode files in time order, their lengths in agent steps):
+    the env frame at the end of the first one with a positive return (None if
+    none), how many had a positive return and how many there were. On a sparse
+    task this says when the agent found reward and how often it came back."""
     from tempo.envs import DEFAULT_ACTION_REPEAT
     from tempo.replay import episode_files_in_order
 
@@ -108,7 +118,7 @@ def rewarded_episodes(
         start, steps = steps, steps + length
         if max_frames is not None and steps * repeat > max_frames:
             break
-        if start < prefill:
+        if start < prefill or steps * repeat <= min_frames:
             continue
         episodes += 1
         with np.load(path) as episode:
@@ -132,6 +142,13 @@ def training_seconds(records: list[dict]) -> float:
             total += (record["step"] - previous) / fps
         previous = record["step"]
     return total
+
+
+def timed_frames(records: list[dict]) -> int:
+    """The env frames `training_seconds` times: from the first log interval's end
+    to the last one's (steps only grow, also across the sittings of a run)."""
+    steps = [int(r["step"]) for r in records if r.get("fps")]
+    return steps[-1] - steps[0] if steps else 0
 
 
 def aggregate(runs: list[dict]) -> dict[tuple[str, str], dict]:
@@ -170,6 +187,8 @@ def aggregate(runs: list[dict]) -> dict[tuple[str, str], dict]:
             "first_reward": [r.get("first_reward") for r in members],
             "rewarded": [r.get("rewarded") for r in members],
             "wall_s": float(np.mean([r["wall_s"] for r in members])),
+            "timed_frames": int(sum(r.get("timed_frames", 0) for r in members)),
+            "timed_s": float(sum(r["wall_s"] for r in members)),
             "frames": int(min(r["frames"] for r in members)),
         }
     return curves
@@ -217,9 +236,10 @@ def differences(
 def summary_table(curves: dict, baseline: str = "dreamerv2") -> str:
     """Markdown tables: per (task, method) the seeds, frames trained (the fewest
     of any seed), final and area-under-curve returns (mean and standard
-    deviation over seeds), the training wall-clock in all and per 100k frames
-    (mean over seeds), each run's first rewarded frame and its rewarded
-    episodes after prefill out of all it collected; then each method
+    deviation over seeds), the training wall-clock (mean over seeds) and its
+    hours per 100k timed frames (all seeds together), each run's first
+    rewarded frame and its rewarded episodes after prefill out of all it
+    collected; then each method
     minus `baseline` with its bootstrap interval."""
     lines = [
         "| task | method | seeds | frames | final | AUC | training h | h per 100k frames "
@@ -229,12 +249,15 @@ def summary_table(curves: dict, baseline: str = "dreamerv2") -> str:
     for (task, method), c in curves.items():
         # No timed interval yet (only the first, which is not counted): no hours.
         hours = c["wall_s"] / 3600 if c["wall_s"] > 0 else float("nan")
-        per_100k = hours * 100_000 / c["frames"] if c["frames"] else float("nan")
+        # Over the frames that were timed: a run's first interval and, with
+        # min_frames, what came before are not.
+        timed = c.get("timed_frames", 0)
+        per_100k = c["timed_s"] / 3600 * 100_000 / timed if timed else float("nan")
         seeds = ",".join(str(s) for s in c["seeds"])
         final, auc = _fmt(c["final"], 1), _fmt(c["auc"], 1)
         if len(c["seeds"]) > 1:
-            final += f" ± {_fmt(c['final_std'], 1)}"
-            auc += f" ± {_fmt(c['auc_std'], 1)}"
+            final += f" ± {_fmt(c['final_std'], 1)}" if np.isfinite(c["final"]) else ""
+            auc += f" ± {_fmt(c['auc_std'], 1)}" if np.isfinite(c["auc"]) else ""
         first = ", ".join("none" if f is None else f"{f:,}" for f in c["first_reward"])
         found = ", ".join("n/a" if r is None else f"{r[0]}/{r[1]}" for r in c["rewarded"])
         lines.append(

@@ -56,6 +56,7 @@ def test_aggregate_by_hand(runs):
     assert tempo["auc"] == pytest.approx(28.75)
     # frames / fps over the log intervals after the first: 1000 / 20 + 1000 / 30.
     assert tempo["wall_s"] == pytest.approx(50.0 + 1000 / 30)
+    assert tempo["timed_frames"] == 2 * 2000
     assert curves[("dmc_cartpole_swingup", "dreamerv2")]["auc"] == pytest.approx(7.0)
 
 
@@ -85,11 +86,12 @@ def test_launcher_writes_png_and_csv(runs, tmp_path):
     ]
     assert "tempo-lookahead" in result.stdout and "dreamerv2" in result.stdout
     table = (tmp_path / "new" / "curves.md").read_text()
-    # seeds 0,1; 3000 frames; final 60; AUC 28.75; 50 + 33.3 s of training.
+    # seeds 0,1; 3000 frames; final 60; AUC 28.75; 50 + 33.3 s of training per
+    # seed over 2000 timed frames (1000-3000): 83.3 s per 2000 -> 1.16 h per 100k.
     # Per seed: final 50 and 70 (std 14.1); AUC 30 and 27.5 (std 1.8).
     row = (
         "| dmc_cartpole_swingup | tempo-released | 0,1 | 3,000 | 60.0 ± 14.1 | 28.8 ± 1.8 "
-        "| 0.02 | 0.77 | none, none | 0/0, 0/0 |"
+        "| 0.02 | 1.16 | none, none | 0/0, 0/0 |"
     )
     assert row in table.splitlines() and row in result.stdout
 
@@ -155,6 +157,12 @@ def test_rewarded_episodes_after_prefill_and_the_frame_cap(tmp_path):
     curves = plotting.aggregate([run])
     assert "| 60 | 2/3 |" in plotting.summary_table(curves)
     assert capped["steps"].tolist() == [40] and capped["frames"] <= 50
+    # A continuation from the checkpoint at frame 40: what came after it only.
+    after = plotting.load_run(logdir, min_frames=40)
+    assert after["steps"].tolist() == [40, 80, 120] and after["rewarded"] == (2, 2)
+    later = plotting.load_run(logdir, min_frames=60)
+    assert later["steps"].tolist() == [80, 120] and later["first_reward"] == 80
+    assert later["rewarded"] == (1, 1)
 
 
 def test_method_names_separate_placebo_runs_from_tempo():
