@@ -180,3 +180,19 @@ def test_a_placebo_run_directory_loads_as_its_own_method(tmp_path):
     bindings = {"train.task": "dmc_finger_spin", "meta/Optimizer.lr": 1e-9}
     logdir = fake_run(tmp_path, "p", bindings, [(1000, 3.0)])
     assert plotting.load_run(logdir)["method"] == "tempo-placebo"
+
+
+def test_an_interval_does_not_depend_on_the_other_tasks_plotted(tmp_path):
+    # Eight seeds of spread-out values: percentiles that move with the draws.
+    values = np.random.default_rng(3).uniform(0, 100, (2, 2, 8)).round(1)
+    for t, task in enumerate(("dmc_finger_spin", "dmc_cartpole_swingup")):
+        for m, meta in enumerate((True, False)):
+            for seed, value in enumerate(values[t, m]):
+                bindings = {"train.task": task, "train.seed": seed, "BilevelTrainer.meta": meta}
+                fake_run(tmp_path, f"{task}{seed}{meta}", bindings, [(1000, 0.0), (2000, value)])
+    runs = [plotting.load_run(p) for p in sorted(tmp_path.iterdir())]
+    both = plotting.differences(plotting.aggregate(runs))
+    finger_runs = [r for r in runs if r["task"] == "dmc_finger_spin"]
+    (alone,) = plotting.differences(plotting.aggregate(finger_runs))
+    (finger,) = [r for r in both if r["task"] == "dmc_finger_spin"]
+    assert finger == alone and finger["final"][1] < finger["final"][0] < finger["final"][2]
