@@ -188,8 +188,7 @@ def aggregate(runs: list[dict]) -> dict[tuple[str, str], dict]:
             "first_reward": [r.get("first_reward") for r in members],
             "rewarded": [r.get("rewarded") for r in members],
             "wall_s": float(np.mean([r["wall_s"] for r in members])),
-            "timed_frames": int(sum(r.get("timed_frames", 0) for r in members)),
-            "timed_s": float(sum(r["wall_s"] for r in members)),
+            "timed_frames": int(sum(r["timed_frames"] for r in members)),
             "frames": int(min(r["frames"] for r in members)),
         }
     return curves
@@ -241,8 +240,7 @@ def summary_table(curves: dict, baseline: str = "dreamerv2") -> str:
     deviation over seeds), the training wall-clock (mean over seeds) and its
     hours per 100k timed frames (all seeds together), each run's first
     rewarded frame and its rewarded episodes after prefill out of all it
-    collected; then each method
-    minus `baseline` with its bootstrap interval."""
+    collected; then each method minus `baseline` with its bootstrap interval."""
     lines = [
         "| task | method | seeds | frames | final | AUC | training h | h per 100k frames "
         "| first rewarded frame per seed | rewarded episodes per seed |",
@@ -253,8 +251,8 @@ def summary_table(curves: dict, baseline: str = "dreamerv2") -> str:
         hours = c["wall_s"] / 3600 if c["wall_s"] > 0 else float("nan")
         # Over the frames that were timed: a run's first interval and, with
         # min_frames, what came before are not.
-        timed = c.get("timed_frames", 0)
-        per_100k = c["timed_s"] / 3600 * 100_000 / timed if timed else float("nan")
+        timed, all_s = c["timed_frames"], c["wall_s"] * len(c["seeds"])
+        per_100k = all_s / 3600 * 100_000 / timed if timed else float("nan")
         seeds = ",".join(str(s) for s in c["seeds"])
         final, auc = _fmt(c["final"], 1), _fmt(c["auc"], 1)
         if len(c["seeds"]) > 1:
