@@ -213,7 +213,9 @@ def differences(
     """Each other method minus `baseline` per task, in final and AUC return: the
     difference of the means over seeds with a 95% percentile bootstrap interval
     (seeds resampled with replacement, each method on its own). With three seeds
-    a side the interval is coarse; it is what the seeds can say, no more."""
+    a side the interval is coarse; it is what the seeds can say, no more. Both
+    sides are cut at the fewer frames either evaluated (`frames`), so that a run
+    still under way is not set against finished ones."""
     rows = []
     for (task, method), curve in curves.items():
         base = curves.get((task, baseline))
@@ -223,8 +225,11 @@ def differences(
         rng = np.random.default_rng([seed, zlib.crc32(f"{task}/{method}".encode())])
         row = {"task": task, "method": method, "seeds": len(curve["seeds"])}
         row["baseline_seeds"] = len(base["seeds"])
+        budget = min(_last_step(curve), _last_step(base))
+        row["frames"] = budget
+        cut = {"ours": _per_seed_upto(curve, budget), "theirs": _per_seed_upto(base, budget)}
         for stat in ("final", "auc"):
-            ours, theirs = curve[f"seed_{stat}"], base[f"seed_{stat}"]
+            ours, theirs = cut["ours"][stat], cut["theirs"][stat]
             diff = float(np.mean(ours) - np.mean(theirs))
             a = rng.choice(ours, (resamples, len(ours)))
             b = rng.choice(theirs, (resamples, len(theirs)))
@@ -232,6 +237,20 @@ def differences(
             row[stat] = (diff, float(low), float(high))
         rows.append(row)
     return rows
+
+
+def _last_step(curve: dict) -> int:
+    return int(curve["steps"][-1]) if len(curve["steps"]) else 0
+
+
+def _per_seed_upto(curve: dict, frames: int) -> dict[str, np.ndarray]:
+    """Each seed's final and AUC return over the evaluations at or before `frames`."""
+    keep = curve["steps"] <= frames
+    steps, table = curve["steps"][keep], curve["per_seed"][:, keep]
+    if not len(steps):
+        nan = np.full(len(curve["seeds"]), np.nan)
+        return {"final": nan, "auc": nan}
+    return {"final": table[:, -1], "auc": np.array([area_under_curve(steps, r) for r in table])}
 
 
 def summary_table(curves: dict, baseline: str = "dreamerv2") -> str:
@@ -270,14 +289,14 @@ def summary_table(curves: dict, baseline: str = "dreamerv2") -> str:
             "",
             f"Minus {baseline}: difference of the means over seeds [95% bootstrap interval]",
             "",
-            "| task | method | seeds (vs baseline) | final | AUC |",
-            "|---|---|---|---|---|",
+            "| task | method | seeds (vs baseline) | frames compared | final | AUC |",
+            "|---|---|---|---|---|---|",
         ]
         cell = lambda d: f"{_fmt(d[0], 1)} [{_fmt(d[1], 1)}, {_fmt(d[2], 1)}]"
         for r in rows:
             lines.append(
                 f"| {r['task']} | {r['method']} | {r['seeds']} ({r['baseline_seeds']}) | "
-                f"{cell(r['final'])} | {cell(r['auc'])} |"
+                f"{r['frames']:,} | {cell(r['final'])} | {cell(r['auc'])} |"
             )
     return "\n".join(lines) + "\n"
 

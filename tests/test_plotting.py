@@ -121,7 +121,26 @@ def test_differences_to_dreamerv2_with_a_bootstrap_interval(runs):
     assert diff == pytest.approx(28.75 - 7.0)
     assert low == pytest.approx(27.5 - 7.0) and high == pytest.approx(30.0 - 7.0)
     table = plotting.summary_table(curves)
-    assert "| dmc_cartpole_swingup | tempo-released | 2 (1) | 51.0 [41.0, 61.0] |" in table
+    assert "| dmc_cartpole_swingup | tempo-released | 2 (1) | 3,000 | 51.0 [41.0, 61.0] |" in table
+
+
+def test_a_run_under_way_is_compared_at_its_own_budget(tmp_path):
+    """TEMPO at 2,000 frames against a DreamerV2 run at 3,000: both are cut at
+    2,000, not TEMPO's last point set against DreamerV2's."""
+    finger = {"train.task": "dmc_finger_spin"}
+    fake_run(tmp_path, "t", finger, [(1000, 10.0), (2000, 20.0)])
+    dv2 = {**finger, "BilevelTrainer.meta": False}
+    fake_run(tmp_path, "d", dv2, [(1000, 4.0), (2000, 6.0), (3000, 100.0)])
+    curves = plotting.aggregate([plotting.load_run(tmp_path / n) for n in "td"])
+    (row,) = plotting.differences(curves)
+    assert row["frames"] == 2000
+    assert row["final"] == (pytest.approx(14.0),) * 3  # 20 - 6, one seed each
+    assert row["auc"] == (pytest.approx(10.0),) * 3  # (10 + 20) / 2 - (4 + 6) / 2
+    # The per-method table still reports each method over all it ran.
+    assert curves[("dmc_finger_spin", "dreamerv2")]["final"] == 100.0
+    assert "| dmc_finger_spin | tempo-released | 1 (1) | 2,000 | 14.0 [14.0, 14.0] |" in (
+        plotting.summary_table(curves)
+    )
 
 
 def test_identical_seeds_give_a_zero_width_interval(tmp_path):
