@@ -104,7 +104,8 @@ def rewarded_episodes(
 ) -> tuple[int | None, int, int]:
     """(first, rewarded, episodes) over the episodes the agent collected after the
     random prefill that ended after `min_frames` (and by `max_frames`), from the
-    run's replay (episode files in time order, their lengths in agent steps):
+    run's replay (episode files in time order; a file holds the reset
+    observation, which the step counter skips, then one entry per agent step):
     the env frame at the end of the first one with a positive return (None if
     none), how many had a positive return and how many there were. On a sparse
     task this says when the agent found reward and how often it came back."""
@@ -116,7 +117,7 @@ def rewarded_episodes(
     prefill = int(bindings.get("train.prefill", 0))
     first, rewarded, episodes, steps = None, 0, 0, 0
     for path, length in episode_files_in_order(pathlib.Path(logdir) / "replay"):
-        start, steps = steps, steps + length
+        start, steps = steps, steps + length - 1
         if max_frames is not None and steps * repeat > max_frames:
             break
         if start < prefill or steps * repeat <= min_frames:

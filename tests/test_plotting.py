@@ -155,6 +155,9 @@ def test_identical_seeds_give_a_zero_width_interval(tmp_path):
 
 
 def write_episode(replay, stamp, rewards):
+    """An episode file as the driver writes it: the reset entry (no action, no
+    reward, not counted as a step), then one entry per agent step."""
+    rewards = [0.0, *rewards]
     name = f"20261126T0000{stamp:02d}000000-{'ab' * 16}-{len(rewards)}.npz"
     np.savez_compressed(replay / name, reward=np.asarray(rewards, np.float32))
 

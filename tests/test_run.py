@@ -355,6 +355,27 @@ def test_evaluations_land_at_their_frame_once_per_period_and_at_the_end(tmp_path
     assert list(evals()) == steps
 
 
+def test_episode_end_frames_read_from_the_replay_match_the_step_counter(tmp_path):
+    """launch.plot dates episodes from the replay's files; the reset entry that
+    opens each file is not an agent step, so the frame at an episode's end is
+    the count of the other entries up to it (CartPole: every episode rewarded)."""
+    from tempo import plotting
+    from tempo.replay import episode_files_in_order
+
+    logdir = tmp_path / "frames"
+    tiny_run(logdir, "gym_CartPole-v1", steps=150, log_every=50)
+    ends, steps = [], 0
+    for path, _ in episode_files_in_order(logdir / "replay"):
+        with np.load(path) as episode:
+            assert episode["is_first"][0] and not episode["is_first"][1:].any()
+            steps += int(np.sum(~episode["is_first"]))
+        ends.append(steps)
+    assert steps <= 150 and len(ends) >= 3
+    after_prefill = [end for end, start in zip(ends, [0, *ends]) if start >= 20]
+    first, rewarded, episodes = plotting.rewarded_episodes(logdir, {"train.prefill": 20})
+    assert first == after_prefill[0] and rewarded == episodes == len(after_prefill)
+
+
 def test_a_failing_agent_build_leaves_no_env_worker_process(tmp_path):
     import multiprocessing
 
