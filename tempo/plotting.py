@@ -319,6 +319,13 @@ def write_csv(curves: dict, path: str | os.PathLike) -> None:
                 writer.writerow([task, method, int(step), *(f"{x:.3f}" for x in row), seeds, each])
 
 
+def method_colors(curves: dict) -> dict[str, str]:
+    """One color per method in every panel (matplotlib's cycle, C0 for the
+    first method in sorted order), so a method reads the same across tasks."""
+    methods = sorted({method for _, method in curves})
+    return {method: f"C{i % 10}" for i, method in enumerate(methods)}
+
+
 def plot_curves(curves: dict, path: str | os.PathLike, ylabel: str = "eval return") -> None:
     """One panel per task; per method the mean (thick), each seed (thin) and the
     min-max band over seeds."""
@@ -328,19 +335,19 @@ def plot_curves(curves: dict, path: str | os.PathLike, ylabel: str = "eval retur
     import matplotlib.pyplot as plt
 
     tasks = sorted({task for task, _ in curves})
+    colors = method_colors(curves)
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         for (t, method), curve in curves.items():
             if t != task or not len(curve["steps"]):
                 continue
             label = f"{method} ({len(curve['seeds'])} seed{'s' if len(curve['seeds']) > 1 else ''})"
-            (line,) = ax.plot(curve["steps"], curve["mean"], label=label, linewidth=2)
-            ax.fill_between(
-                curve["steps"], curve["min"], curve["max"], color=line.get_color(), alpha=0.15
-            )
+            color = colors[method]
+            ax.plot(curve["steps"], curve["mean"], label=label, linewidth=2, color=color)
+            ax.fill_between(curve["steps"], curve["min"], curve["max"], color=color, alpha=0.15)
             if len(curve["seeds"]) > 1:  # each seed, thin, under the mean
                 for row in curve["per_seed"]:
-                    ax.plot(curve["steps"], row, color=line.get_color(), linewidth=0.6, alpha=0.6)
+                    ax.plot(curve["steps"], row, color=color, linewidth=0.6, alpha=0.6)
         ax.set_title(task)
         ax.set_xlabel("env frames")
         ax.set_ylabel(ylabel)

@@ -218,3 +218,13 @@ def test_an_interval_does_not_depend_on_the_other_tasks_plotted(tmp_path):
     (alone,) = plotting.differences(plotting.aggregate(finger_runs))
     (finger,) = [r for r in both if r["task"] == "dmc_finger_spin"]
     assert finger == alone and finger["final"][1] < finger["final"][0] < finger["final"][2]
+
+
+def test_a_method_has_one_color_in_every_panel(runs):
+    """Finger spin plots only TEMPO, cartpole both: TEMPO keeps its color."""
+    curves = plotting.aggregate([plotting.load_run(runs / n) for n in "abcd"])
+    finger = {
+        ("dmc_finger_spin", "tempo-released"): curves[("dmc_cartpole_swingup", "tempo-released")]
+    }
+    colors = plotting.method_colors({**curves, **finger})
+    assert colors == {"dreamerv2": "C0", "tempo-lookahead": "C1", "tempo-released": "C2"}
