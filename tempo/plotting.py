@@ -171,8 +171,7 @@ def aggregate(runs: list[dict]) -> dict[tuple[str, str], dict]:
         steps = np.array(sorted(common))
         table = np.array([[dict(zip(r["steps"], r["values"]))[s] for s in steps] for r in members])
         table = table.reshape(len(members), len(steps))
-        finals = table[:, -1] if len(steps) else np.full(len(members), np.nan)
-        aucs = np.array([area_under_curve(steps, row) for row in table])
+        finals, aucs = _seed_final_and_auc(steps, table)
         curves[key] = {
             "steps": steps,
             "per_seed": table,
@@ -226,11 +225,10 @@ def differences(
         rng = np.random.default_rng([seed, zlib.crc32(f"{task}/{method}".encode())])
         row = {"task": task, "method": method, "seeds": len(curve["seeds"])}
         row["baseline_seeds"] = len(base["seeds"])
-        budget = min(_last_step(curve), _last_step(base))
-        row["frames"] = budget
-        cut = {"ours": _per_seed_upto(curve, budget), "theirs": _per_seed_upto(base, budget)}
-        for stat in ("final", "auc"):
-            ours, theirs = cut["ours"][stat], cut["theirs"][stat]
+        row["frames"] = budget = min(_last_step(curve), _last_step(base))
+        cut_ours, cut_theirs = _per_seed_upto(curve, budget), _per_seed_upto(base, budget)
+        for i, stat in enumerate(("final", "auc")):
+            ours, theirs = cut_ours[i], cut_theirs[i]
             diff = float(np.mean(ours) - np.mean(theirs))
             a = rng.choice(ours, (resamples, len(ours)))
             b = rng.choice(theirs, (resamples, len(theirs)))
@@ -244,14 +242,17 @@ def _last_step(curve: dict) -> int:
     return int(curve["steps"][-1]) if len(curve["steps"]) else 0
 
 
-def _per_seed_upto(curve: dict, frames: int) -> dict[str, np.ndarray]:
+def _seed_final_and_auc(steps: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per seed (a row of `table`, evaluated at `steps`): the last return and the
+    area under the curve (NaN where there is no evaluation)."""
+    finals = table[:, -1] if len(steps) else np.full(len(table), np.nan)
+    return finals, np.array([area_under_curve(steps, row) for row in table])
+
+
+def _per_seed_upto(curve: dict, frames: int) -> tuple[np.ndarray, np.ndarray]:
     """Each seed's final and AUC return over the evaluations at or before `frames`."""
     keep = curve["steps"] <= frames
-    steps, table = curve["steps"][keep], curve["per_seed"][:, keep]
-    if not len(steps):
-        nan = np.full(len(curve["seeds"]), np.nan)
-        return {"final": nan, "auc": nan}
-    return {"final": table[:, -1], "auc": np.array([area_under_curve(steps, r) for r in table])}
+    return _seed_final_and_auc(curve["steps"][keep], curve["per_seed"][:, keep])
 
 
 def summary_table(curves: dict, baseline: str = "dreamerv2") -> str:
