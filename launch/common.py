@@ -8,7 +8,7 @@ CONFIGS = {
     "debug": (["dmc_vision", "debug"], {"image": (64, 64, 3)}, 6, False),
     "dmc_proprio": (
         ["dmc_proprio"],
-        {"orientations": (14,), "height": (1,), "velocity": (9,)},
+        {"orientations": (14,), "velocity": (9,)},  # walker, as the release's model sees it
         6,
         False,
     ),

@@ -165,4 +165,5 @@ def run_env_config(logdir: str, gin_params: list[str]) -> dict:
         value = run_setting(f"train.{key}", None)
         if value is not None:  # unbound: the suite default, as in training
             env_config[key] = value
+    env_config.update(run_setting("train.env_options", None) or {})
     return env_config

@@ -7,6 +7,7 @@ from support import run_until_last
 
 from tempo.envs import make_env
 from tempo.envs.dmc import resolve_task
+from tempo.envs.wrappers import FLAG_KEYS
 
 
 def check_obs(env, obs):
@@ -21,6 +22,16 @@ def test_task_names_with_underscores():
     assert resolve_task("ball_in_cup_catch") == ("ball_in_cup", "catch")
     assert resolve_task("cartpole_balance_sparse") == ("cartpole", "balance_sparse")
     assert resolve_task("point_mass_easy") == ("point_mass", "easy")
+
+
+def test_released_alias_cup_for_ball_in_cup():
+    assert resolve_task("cup_catch") == ("ball_in_cup", "catch")
+    with pytest.raises(ValueError, match="'throw'.*'ball_in_cup'.*catch"):
+        resolve_task("cup_throw")
+    env = make_env("dmc_cup_catch", obs_type="proprio", seed=1)
+    assert (env.unwrapped.domain, env.unwrapped.task) == ("ball_in_cup", "catch")
+    twin = make_env("dmc_ball_in_cup_catch", obs_type="proprio", seed=1)
+    np.testing.assert_array_equal(env.reset()["position"], twin.reset()["position"])
 
 
 def test_cartpole_pixels_action_repeat_and_time_limit():
@@ -48,9 +59,10 @@ def test_cartpole_pixels_action_repeat_and_time_limit():
 
 def test_walker_proprio_keys_and_builtin_time_limit():
     env = make_env("dmc_walker_walk", obs_type="proprio", action_repeat=8)
-    assert "image" not in env.obs_space
+    # The released model's inputs: rank-1 observations only (the scalar height is dropped).
+    assert list(env.obs_space)[:2] == ["orientations", "velocity"]
+    assert "image" not in env.obs_space and "height" not in env.obs_space
     assert env.obs_space["orientations"].shape == (14,)
-    assert env.obs_space["height"].shape == (1,)
     assert env.obs_space["velocity"].shape == (9,)
     assert env.act_space == gymnasium.spaces.Box(-1, 1, (6,), np.float32)
     check_obs(env, env.reset())
@@ -95,3 +107,30 @@ def test_seeding_reproducible():
 
     np.testing.assert_array_equal(rollout(4), rollout(4))
     assert not np.array_equal(rollout(4), rollout(5))
+
+
+def test_proprio_keys_vectors_by_default_or_all_flattened():
+    sensors = lambda env: {k: v.shape for k, v in env.obs_space.items() if k not in FLAG_KEYS}
+    # Scalars (dist_to_target) and matrices (arm_pos (8, 2)) never reach the released model.
+    finger = make_env("dmc_finger_turn_easy", obs_type="proprio")
+    assert sensors(finger) == {
+        "position": (4,),
+        "velocity": (3,),
+        "touch": (2,),
+        "target_position": (2,),
+    }
+    manipulator = make_env("dmc_manipulator_bring_ball", obs_type="proprio")
+    assert "arm_pos" not in manipulator.obs_space and "arm_vel" in manipulator.obs_space
+    check_obs(manipulator, manipulator.reset())
+    # 'all' keeps every key, flattened (the previous behaviour).
+    every = make_env("dmc_manipulator_bring_ball", obs_type="proprio", proprio_keys="all")
+    assert every.obs_space["arm_pos"].shape == (16,)
+    obs = every.reset()
+    check_obs(every, obs)
+    raw = every.unwrapped._time_step.observation
+    np.testing.assert_array_equal(obs["arm_pos"], raw["arm_pos"].astype(np.float32).ravel())
+    walker = make_env("dmc_walker_walk", obs_type="both", proprio_keys="all")
+    assert walker.obs_space["height"].shape == (1,) and "image" in walker.obs_space
+    assert "height" not in make_env("dmc_walker_walk", obs_type="both").obs_space
+    with pytest.raises(ValueError, match="proprio_keys must be one of.*'vectors', 'all'"):
+        make_env("dmc_walker_walk", obs_type="proprio", proprio_keys="scalars")

@@ -464,16 +464,27 @@ def test_one_update_matches_the_release(golden, mode, eager, monkeypatch):
 
 
 def test_parameter_counts_equal_the_released_ones():
+    """At the reference sizes, built for the observation and action spaces of
+    the environments a user runs (walker's spec has a scalar `height`, which
+    neither program's proprio model sees)."""
+    from tempo.envs import make_env
+    from tempo.evaluation import RESERVED
+
     counts = json.loads((HERE / "param_counts.json").read_text())
-    shapes = {
-        "dmc_vision": ({"image": (64, 64, 3)}, False),
-        "dmc_proprio": ({"orientations": (14,), "height": (1,), "velocity": (9,)}, False),
-        "atari": ({"image": (64, 64, 1)}, True),
+    envs = {
+        "dmc_vision": ("dmc_walker_walk", "pixels"),
+        "dmc_proprio": ("dmc_walker_walk", "proprio"),
+        "atari": ("atari_pong", None),
     }
-    for suite, (obs, discrete) in shapes.items():
+    for suite, (task, obs_type) in envs.items():
+        env = make_env(task, obs_type=obs_type)
+        obs = {k: tuple(s.shape) for k, s in env.obs_space.items() if k not in RESERVED}
+        actions, discrete = int(env.act_space.shape[0]), env.discrete
+        env.close()
+        assert actions == 6, (task, actions)
         gin.clear_config()
         configurables.parse_config([f"gin_configs/{suite}.gin"])
-        trainer = configurables.build_trainer(obs, 6, discrete, build=False)
+        trainer = configurables.build_trainer(obs, actions, discrete, build=False)
         trainer.build()
         gin.clear_config()
         ours = trainer.parameter_counts()

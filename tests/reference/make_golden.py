@@ -94,14 +94,22 @@ CONFIGS = {
         small={"rssm.discrete": 4},
     ),
 }
-# The reference sizes, for the parameter counts: walker (proprio: orientations,
-# height, velocity; pixels) and pong.
+# The reference sizes, for the parameter counts, with the observation spaces the
+# release's environments have (its common/envs.py): walker's dm_control spec
+# (`height` is a scalar, which the release's encoder and decoder leave out) with
+# its image, and pong's image and RAM (atari's encoder reads the image only).
 FULL = {
-    "dmc_vision": dict(obs={"image": (64, 64, 3)}, actions=6, discrete=False),
-    "dmc_proprio": dict(
-        obs={"orientations": (14,), "height": (1,), "velocity": (9,)}, actions=6, discrete=False
+    "dmc_vision": dict(
+        obs={"image": (64, 64, 3), "orientations": (14,), "height": (), "velocity": (9,)},
+        actions=6,
+        discrete=False,
     ),
-    "atari": dict(obs={"image": (64, 64, 1)}, actions=6, discrete=True),
+    "dmc_proprio": dict(
+        obs={"image": (64, 64, 3), "orientations": (14,), "height": (), "velocity": (9,)},
+        actions=6,
+        discrete=False,
+    ),
+    "atari": dict(obs={"image": (64, 64, 1), "ram": (128,)}, actions=6, discrete=True),
 }
 
 
@@ -610,6 +618,11 @@ def main() -> None:
     import agent as agent_module
     import common
 
+    if sys.argv[1:] == ["counts"]:
+        counts = parameter_counts(tf, common, agent_module)
+        (HERE / "param_counts.json").write_text(json.dumps(counts, indent=1, sort_keys=True) + "\n")
+        print(json.dumps(counts), file=sys.stderr)
+        return
     only = sys.argv[1:] or list(CONFIGS)
     for name in only:
         out = generate(name, CONFIGS[name], tf, common, agent_module)
