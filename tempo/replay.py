@@ -265,6 +265,13 @@ class Replay:
                     )
             self.add_episode({key: np.stack([s[key] for s in steps]) for key in steps[0]})
 
+    def discard_unfinished(self) -> int:
+        """Forget the unfinished episodes of every worker (e.g. the one a prefill
+        stops inside); returns how many buffered steps were dropped."""
+        dropped = sum(len(steps) for steps in self._ongoing.values())
+        self._ongoing.clear()
+        return dropped
+
     def add_episode(self, episode: Mapping[str, Any]) -> Path:
         """Save a whole episode to disk, then add it to memory; returns the file path.
 

@@ -4,6 +4,14 @@ Counting: `steps`, `eval_every`, `log_every` and `checkpoint_every` are in
 environment frames (agent steps x action repeat), the unit of the paper's
 curves. `prefill` and `train_every` are in agent steps (transitions), as in
 DreamerV2.
+
+Schedule, as the released `train.py` runs it (`tempo.schedule.Every`): a prefill
+of exactly `prefill` random agent steps (longer only until one episode has
+finished), `pretrain` updates, then collection one agent step at a time with an
+update on the first step and every `train_every` steps after it; logs and
+open-loop videos start on that first step; evaluations come at the loop's first
+frame and every `eval_every` frames after it, and once more at the budget
+(`final_eval`), which the release does not do.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from tempo.errors import CheckpointWriteError, ConfigError, NonFiniteError
 from tempo.evaluation import RESERVED, run_episodes
 from tempo.logging import FPS, Logger, MetricsAccumulator, read_records
 from tempo.replay import Replay
+from tempo.schedule import Every
 
 
 def train(
@@ -36,6 +45,7 @@ def train(
     action_repeat: int | None = None,
     obs_type: str | None = None,
     time_limit: int | None = None,
+    env_options: dict | None = None,
     num_envs: int = 1,
     parallel_envs: bool = False,
     env_failure: str = "raise",
@@ -50,6 +60,7 @@ def train(
     train_steps: int = 1,
     eval_every: int = 10_000,
     eval_episodes: int = 1,
+    final_eval: bool = True,
     eval_state_mean: bool = False,
     log_every: int = 1_000,
     video_every: int = 10_000,
@@ -68,7 +79,11 @@ def train(
 
     Evaluation acts with the actor's mode on a sampled posterior latent, as the
     released code does; `eval_state_mean` uses the latent's mode instead (the
-    exported policy always does).
+    exported policy always does). `final_eval` evaluates the finished policy
+    at the budget's frame too, unless the grid just did.
+
+    `env_options` are the suite's own options (`tempo.envs.make_env`), e.g.
+    ``{'proprio_keys': 'all'}`` to feed DMC's scalar and matrix observations too.
 
     `on_start(logdir)` runs once the task is valid, the agent is built and any
     checkpoint in the logdir restored (the launcher saves its configuration
@@ -85,7 +100,9 @@ def train(
             "gym_CartPole-v1)."
         )
     repeat = action_repeat or DEFAULT_ACTION_REPEAT[suite]
-    env_kwargs = dict(action_repeat=repeat, obs_type=obs_type, time_limit=time_limit)
+    env_kwargs = dict(
+        action_repeat=repeat, obs_type=obs_type, time_limit=time_limit, **(env_options or {})
+    )
 
     def make_envs(env_seed: int):
         return make_batch_env(
@@ -183,24 +200,31 @@ def train(
 
     driver.on_episode.append(on_train_episode)
     total_agent_steps = steps // repeat
+    if not resumed and replay.total_episodes:
+        # Killed before its first checkpoint: the steps its stored episodes hold
+        # count (the released code counts its replay's steps the same way).
+        agent_steps.assign(replay.total_steps - replay.total_episodes)
     rng = np.random.default_rng(worker_seed + int(agent_steps))
 
     # --- prefill with random actions --------------------------------------------
-    if replay.total_steps < prefill:
-        print(f"Prefill: {prefill - replay.total_steps} random agent steps.")
+    # As released: exactly `prefill` agent steps, and on until one episode has
+    # finished (sampling needs one). The unfinished episode is dropped.
+    if int(agent_steps) < prefill or replay.num_episodes == 0:
+        print(f"Prefill: {max(prefill - int(agent_steps), 0)} random agent steps.")
         random_policy = lambda obs, state: (
             random_actions(rng, num_envs, action_size, env.discrete),
             None,
         )
-        while replay.total_steps < prefill or replay.num_episodes == 0:
+        while int(agent_steps) < prefill or replay.num_episodes == 0:
             driver.run(random_policy, steps=num_envs)
-        # Workers of a multi-worker run end their prefill at different steps (it
-        # waits for an episode to finish); every worker must then make the same
-        # updates and saves, which are collective: all continue to the latest.
+        # Workers of a multi-worker run may end their prefill at different steps
+        # (waiting for an episode); every worker must then make the same updates
+        # and saves, which are collective: all continue to the latest.
         target = _max_over_workers(trainer.strategy, int(agent_steps))
         while int(agent_steps) < target:
             driver.run(random_policy, steps=num_envs)
         driver.reset()
+        replay.discard_unfinished()
 
     dataset = iter(replay.dataset(worker_batch, batch_length))
     train_state = trainer.initial_state(worker_batch)  # per replica under a strategy
@@ -230,48 +254,50 @@ def train(
 
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     frame0 = int(agent_steps) * repeat
-    # A resumed run does not evaluate again in the eval_every period it last evaluated in.
-    last = {
-        "eval": last_eval_period(logdir, eval_every),
-        "video": -1,
-        "log": frame0,
-        "ckpt": frame0,
-    }
+    # The released code's grid: updates, logs and open-loop videos start on the
+    # first collection step; evaluations at the loop's first frame and every
+    # eval_every frames after it (a resumed run continues the grid of its last
+    # evaluation); checkpoints every checkpoint_every frames.
+    evaluated = eval_frames(logdir)
+    last_eval = evaluated[-1] if evaluated else None
+    should_train = Every(train_every)
+    should_log = Every(log_every)
+    should_video = Every(video_every)
+    should_eval = Every(eval_every, last=last_grid_point(evaluated, eval_every))
+    should_save = Every(checkpoint_every, last=frame0)
     image_keys = trainer.world_model.decoder.cnn_keys
     video_fn = tf.function(trainer.world_model.video_prediction)
+    video_batches = None  # its own stream, as the release's report dataset
     eval_return = None
 
     def acting_policy(obs, state):
         return agent.policy(obs, state, explore=True)
 
-    def evaluate_once_per_period(frame: int) -> None:
-        """Evaluates at `frame` unless its eval_every period has been evaluated;
-        logged at that frame, so curves share a grid."""
-        nonlocal eval_return
-        if eval_every and frame // eval_every != last["eval"]:
-            last["eval"] = frame // eval_every
-            eval_return = evaluate(eval_env, agent, eval_episodes, logger)
-            logger.write(frame)
+    def evaluate_at(frame: int) -> None:
+        nonlocal eval_return, last_eval
+        last_eval = frame
+        eval_return = evaluate(eval_env, agent, eval_episodes, logger)
+        logger.write(frame)
 
     skip_final_checkpoint = failing = False
     try:
         while int(agent_steps) < total_agent_steps and not stop["now"]:
-            evaluate_once_per_period(int(agent_steps) * repeat)
-            todo = min(train_every, total_agent_steps - int(agent_steps))
-            fps.update(driver.run(acting_policy, steps=todo) * repeat)
-            for _ in range(train_steps):
-                update()
+            if should_eval(int(agent_steps) * repeat):
+                evaluate_at(int(agent_steps) * repeat)
+            fps.update(driver.run(acting_policy, steps=num_envs) * repeat)
             frame = int(agent_steps) * repeat
-            if image_keys and video_every and frame // video_every != last["video"]:
-                last["video"] = frame // video_every
-                batch = next(dataset)
+            if should_train(int(agent_steps)):
+                for _ in range(train_steps):
+                    update()
+            if should_log(frame):
+                write_logs(logger, metrics, fps, ups, replay, trainer, frame, steps)
+            if image_keys and should_video(frame):
+                if video_batches is None:
+                    video_batches = iter(replay.dataset(worker_batch, batch_length, prefetch=1))
+                batch = next(video_batches)
                 for key in image_keys:
                     logger.video(f"openl_{key}", video_fn(batch, key).numpy())
-            if frame - last["log"] >= log_every:
-                last["log"] = frame
-                write_logs(logger, metrics, fps, ups, replay, trainer, frame, steps)
-            if frame - last["ckpt"] >= checkpoint_every:
-                last["ckpt"] = frame
+            if should_save(frame):
                 save_checkpoint()
             if several_workers:  # a signal to one worker stops all at this step
                 asked = stop["now"]
@@ -279,11 +305,11 @@ def train(
                     print("Preemption notice (SIGTERM) in the cluster: all workers stop here.")
                     asked = True
                 stop["now"] = _max_over_workers(trainer.strategy, int(asked)) > 0
-        if not stop["now"]:
-            # A budget that ends on a new period: the policy the run finishes with
-            # (the one it exports) is evaluated there, not only one from up to
-            # eval_every frames earlier.
-            evaluate_once_per_period(int(agent_steps) * repeat)
+        frame = int(agent_steps) * repeat
+        if not stop["now"] and final_eval and eval_every and last_eval != frame:
+            # The policy the run finishes with (the one it exports) is evaluated
+            # at the budget; the release stops without evaluating it.
+            evaluate_at(frame)
     except (NonFiniteError, CheckpointWriteError):
         # A diverged run keeps its last good checkpoint as the latest; a failed
         # write is not retried on the way out.
@@ -398,10 +424,19 @@ def evaluate(env, agent: Agent, episodes: int, logger: Logger) -> float:
     return float(np.mean(returns))
 
 
-def last_eval_period(logdir: pathlib.Path, eval_every: int) -> int:
-    """`step // eval_every` of the last evaluation in logdir's metrics.jsonl, -1 if none."""
-    steps = [r["step"] for r in read_records(logdir / "metrics.jsonl") if "eval/return" in r]
-    return max(steps) // eval_every if steps and eval_every else -1
+def eval_frames(logdir: pathlib.Path) -> list[int]:
+    """The env frames of the evaluations in logdir's metrics.jsonl, in order."""
+    return sorted(r["step"] for r in read_records(logdir / "metrics.jsonl") if "eval/return" in r)
+
+
+def last_grid_point(evaluated: list[int], every: int) -> int | None:
+    """The last point of the evaluation grid (the first evaluation, then every
+    `every` frames) that a run has passed; None before its first evaluation.
+    An evaluation at the budget off the grid does not move it."""
+    if not evaluated or not every:
+        return None
+    first = evaluated[0]
+    return first + (evaluated[-1] - first) // every * every
 
 
 def write_logs(logger, metrics, fps, ups, replay, trainer, frame, total_frames) -> None:

@@ -330,11 +330,11 @@ def tiny_run(logdir, task, **overrides):
     return train(logdir, task=task, **{**settings, **overrides})
 
 
-def test_evaluations_land_at_their_frame_once_per_period_and_at_the_end(tmp_path):
-    """eval_every 50 with updates every 5 frames: each period is evaluated once, at
-    its first loop iteration, also when a run stops inside a period and resumes;
-    a run that reaches its budget in a new period evaluates the policy it ends
-    with there, once (running the finished run again adds nothing)."""
+def test_evaluations_follow_the_released_grid_and_the_budget(tmp_path):
+    """eval_every 50 after a prefill of 20 frames: evaluations at the loop's first
+    frame and every 50 frames after it (the released code's grid), and at the
+    budget; a resumed run continues the grid (the evaluation at the old budget
+    does not shift it), and running a finished run again adds nothing."""
     from tempo.logging import read_records
 
     logdir = tmp_path / "evals"
@@ -345,14 +345,15 @@ def test_evaluations_land_at_their_frame_once_per_period_and_at_the_end(tmp_path
         return {r["step"]: r["eval/return"] for r in records if "eval/return" in r}
 
     assert tiny_run(logdir, "gym_CartPole-v1", steps=130, **settings)["step"] == 130
-    assert [s // 50 for s in evals()] == [0, 1, 2]  # 130 is inside period 2: no end eval
+    assert list(evals()) == [20, 70, 120, 130]
     summary = tiny_run(logdir, "gym_CartPole-v1", steps=200, **settings)
-    steps = list(evals())
-    assert [s // 50 for s in steps] == [0, 1, 2, 3, 4]
-    assert all(s % 50 < 5 for s in steps[1:])  # not at the next log write
-    assert steps[-1] == 200 and summary["eval_return"] == evals()[200]
+    assert list(evals()) == [20, 70, 120, 130, 170, 200]
+    assert summary["eval_return"] == evals()[200]
     tiny_run(logdir, "gym_CartPole-v1", steps=200, **settings)
-    assert list(evals()) == steps
+    assert list(evals()) == [20, 70, 120, 130, 170, 200]
+    tiny_run(logdir / "no_final", "gym_CartPole-v1", steps=130, final_eval=False, **settings)
+    logdir = logdir / "no_final"
+    assert list(evals()) == [20, 70, 120]
 
 
 def test_episode_end_frames_read_from_the_replay_match_the_step_counter(tmp_path):
