@@ -141,7 +141,10 @@ def install_shims():
 
 
 class Box:
-    def __init__(self, low, high, shape, dtype=np.float32, n=None):
+    """gym.spaces.Box as the release uses it (a shape from the bounds if none given)."""
+
+    def __init__(self, low, high, shape=None, dtype=np.float32, n=None):
+        shape = np.shape(low) if shape is None else shape
         self.low, self.high, self.shape, self.dtype = low, high, tuple(shape), np.dtype(dtype)
         if n is not None:
             self.n = n

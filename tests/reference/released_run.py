@@ -1,0 +1,153 @@
+#!/usr/bin/env python
+"""A whole run of the RELEASED TEMPO code, evaluated as ours is, for launch.plot.
+
+Run under the release's environment with dm_control (tests/reference/README.md):
+
+    TEMPO_REF_SRC=$REF/src $REF/venv/bin/python tests/reference/released_run.py \\
+        --logdir runs/released/dmc_cartpole_swingup/released-dreamerv2/seed0 --seed 0
+
+It calls the release's own `train.main()` (its code unmodified; the shims of
+`released_train.py`) with its `defaults` and `dmc_proprio` blocks at the sizes
+of our gin_configs/cpu.gin, so that it sits beside a run of ours made with
+
+    python -m launch.train --gin_file gin_configs/dmc_proprio.gin \\
+        --gin_file gin_configs/cpu.gin --task dmc_cartpole_swingup --seed 0 \\
+        --steps 100000 --meta=false --gin_param 'train.eval_episodes = 5'
+
+Settings mapped onto the release's flags (its counts are agent steps, two env
+frames each): prefill 2500 and pretrain 100 (it updates once more before its
+loop: 101 updates, our cpu.gin's `train.pretrain = 101`), evaluation every
+2500 agent steps (5k frames, from the end of the prefill, its grid and ours)
+with 5 episodes of mode actions on a sampled latent (its `eval` mode, ours by
+default). Its loop would stop at the last evaluation before the budget; the
+run is given one agent step more, so that it evaluates at the budget too, and
+is stopped at that step (before any update there).
+
+--mode dreamerv2 trains with the release's `Agent.train_without_meta` (its
+DreamerV2; its train.py leaves the line commented out), --mode tempo with
+`Agent.train`. The logdir gets `released_run.json`, which tells
+`tempo.plotting.load_run` how to read the release's metrics.jsonl and replay
+(method `released-dreamerv2` or `released-tempo`).
+
+The release resumes only partly (its weights from variables_backup.pkl, not its
+optimizers, and its step counter from the episodes its replay stored), so a
+run is made in one sitting: the script refuses a logdir that holds one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import pathlib
+import sys
+import time
+import warnings
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from released_train import CPU_SIZES, cpu_as_gpu, yaml_shims  # noqa: E402
+
+MARKER = "released_run.json"
+
+
+class BudgetReached(Exception):
+    """Raised by the step counter one agent step after the budget's evaluation."""
+
+
+def release_argv(args: argparse.Namespace, train_file: str, repeat: int) -> list[str]:
+    """The command line the release's train.py parses (its own flag syntax)."""
+    settings = {
+        "configs": "dmc_proprio",
+        "logdir": args.logdir,
+        "task": args.task,
+        "seed": args.seed,
+        "steps": args.steps // repeat + 1,  # one more: its loop evaluates at the budget
+        "eval_every": args.eval_every // repeat,
+        "eval_eps": args.eval_episodes,
+        "prefill": args.prefill,
+        "pretrain": args.pretrain,
+        **CPU_SIZES,
+    }
+    argv = [train_file]
+    for key, value in settings.items():
+        text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+        argv += [f"--{key}", text]
+    return argv
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--logdir", required=True)
+    parser.add_argument("--mode", default="dreamerv2", choices=["tempo", "dreamerv2"])
+    parser.add_argument("--task", default="dmc_cartpole_swingup")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=100_000, help="Budget in env frames.")
+    parser.add_argument("--eval_every", type=int, default=5000, help="Env frames.")
+    parser.add_argument("--eval_episodes", type=int, default=5)
+    parser.add_argument("--prefill", type=int, default=2500, help="Agent steps (cpu.gin).")
+    parser.add_argument("--pretrain", type=int, default=100, help="The release's count.")
+    args = parser.parse_args()
+
+    logdir = pathlib.Path(args.logdir).expanduser()
+    if (logdir / "train_episodes").exists():
+        parser.error(f"{logdir} holds a release run; the release cannot resume it fully")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    logging.getLogger().setLevel("ERROR")
+    warnings.filterwarnings("ignore")
+    from make_golden import SRC, install_shims, make_config
+
+    tf = install_shims()
+    yaml_shims()
+    cpu_as_gpu(tf)
+    sys.path.insert(0, str(SRC))
+    import agent
+    import common
+    import train
+
+    repeat = make_config(common, "dmc_proprio", None).action_repeat
+    last_step = args.steps // repeat
+
+    class BudgetCounter(common.Counter):
+        """The release's agent-step counter; its loop ends one step past the budget."""
+
+        def increment(self, amount: int = 1) -> None:
+            if int(self) + amount > last_step:
+                raise BudgetReached
+            super().increment(amount)
+
+    common.Counter = BudgetCounter
+    if args.mode == "dreamerv2":
+        agent.Agent.train = agent.Agent.train_without_meta
+    logdir.mkdir(parents=True, exist_ok=True)
+    marker = {
+        "program": "released TEMPO (deng-ai-lab/TEMPO ea83919), train.py main()",
+        "method": f"released-{args.mode}",
+        "task": args.task,
+        "seed": args.seed,
+        "action_repeat": repeat,
+        "prefill": args.prefill,
+        "budget_frames": args.steps,
+        "eval_every_frames": args.eval_every,
+        "eval_episodes": args.eval_episodes,
+        "sizes": "gin_configs/cpu.gin",
+        "tf": tf.__version__,
+        "intra_op_threads": os.environ.get("TF_NUM_INTRAOP_THREADS", "default"),
+    }
+    (logdir / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
+    sys.argv = release_argv(args, str(pathlib.Path(train.__file__)), repeat)
+    start = time.time()
+    finished = False
+    try:
+        train.main()
+    except BudgetReached:
+        finished = True
+    marker.update(finished=finished, wall_s=round(time.time() - start, 1))
+    (logdir / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
+    print(f"released run {'finished' if finished else 'stopped'}: {logdir}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
