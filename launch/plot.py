@@ -25,6 +25,11 @@ flags.DEFINE_string("out", "curves", "Output path without extension.")
 flags.DEFINE_string("metric", "eval/return", "metrics.jsonl key to plot.")
 flags.DEFINE_integer("max_frames", None, "Ignore everything logged after this env frame.")
 flags.DEFINE_integer("min_frames", 0, "Ignore everything logged before this env frame.")
+flags.DEFINE_string(
+    "baseline",
+    "dreamerv2",
+    "Method the others are set against (e.g. released-dreamerv2: the released code's runs).",
+)
 flags.mark_flag_as_required("logdirs")
 FLAGS = flags.FLAGS
 
@@ -47,7 +52,7 @@ def main(argv):
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
     plotting.write_csv(curves, FLAGS.out + ".csv")
     plotting.plot_curves(curves, FLAGS.out + ".png", FLAGS.metric)
-    table = plotting.summary_table(curves)
+    table = plotting.summary_table(curves, FLAGS.baseline)
     with open(FLAGS.out + ".md", "w") as f:
         f.write(table)
     print(table)

@@ -66,12 +66,15 @@ def load_run(
     that runs continued from one checkpoint compare over what they did apart."""
     logdir = pathlib.Path(logdir)
     config, metrics = logdir / "config.gin", logdir / "metrics.jsonl"
-    if not config.exists() or not metrics.exists():
+    if (logdir / RELEASED_MARKER).exists() and metrics.exists():
+        bindings, records = released_run(logdir)
+    elif not config.exists() or not metrics.exists():
         raise ValueError(
-            f"{logdir} is not a tempo run directory (config.gin and metrics.jsonl needed)."
+            f"{logdir} is not a tempo run directory (config.gin and metrics.jsonl needed) "
+            f"nor a run of the released code ({RELEASED_MARKER} and metrics.jsonl)."
         )
-    bindings = read_bindings(config)
-    records = read_records(metrics)
+    else:
+        bindings, records = read_bindings(config), read_records(metrics)
     records = [r for r in records if int(r["step"]) >= min_frames]
     if max_frames is not None:
         records = [r for r in records if int(r["step"]) <= max_frames]
@@ -84,7 +87,7 @@ def load_run(
     return {
         "logdir": str(logdir),
         "task": bindings.get("train.task", "unknown"),
-        "method": method_name(bindings),
+        "method": bindings.get("method") or method_name(bindings),
         "seed": int(bindings.get("train.seed", 0)),
         "steps": np.asarray(steps),
         "values": np.asarray(values),
@@ -94,6 +97,43 @@ def load_run(
         "first_reward": first_reward,
         "rewarded": (rewarded, episodes),
     }
+
+
+# Written by tests/reference/released_run.py into a run of the released code.
+RELEASED_MARKER = "released_run.json"
+
+
+def released_run(logdir: pathlib.Path) -> tuple[dict, list[dict]]:
+    """(bindings, records) of a run of the released code, in our run's terms.
+
+    Its metrics.jsonl logs each evaluation episode as its own `eval_return`
+    record; the first one is the random-action episode of its prefill, which
+    is left out, and the others are averaged per env frame into `eval/return`.
+    Its replay (`train_episodes`) names episodes by their agent steps."""
+    import json
+
+    marker = json.loads((logdir / RELEASED_MARKER).read_text())
+    bindings = {
+        "train.task": marker["task"],
+        "train.seed": marker["seed"],
+        "train.prefill": marker["prefill"],
+        "train.action_repeat": marker["action_repeat"],
+        "method": marker["method"],
+        "replay": "train_episodes",
+        "names_count_steps": True,
+    }
+    records, returns = [], defaultdict(list)
+    logged = read_records(logdir / "metrics.jsonl")
+    evals = [r for r in logged if "eval_return" in r]
+    for record in logged:
+        if "eval_return" in record:
+            if record is not evals[0]:
+                returns[int(record["step"])].append(float(record["eval_return"]))
+        else:
+            records.append(record)
+    records += [{"step": step, "eval/return": float(np.mean(v))} for step, v in returns.items()]
+    records.sort(key=lambda r: int(r["step"]))
+    return bindings, records
 
 
 def rewarded_episodes(
@@ -115,9 +155,13 @@ def rewarded_episodes(
     task = str(bindings.get("train.task", ""))
     repeat = bindings.get("train.action_repeat") or DEFAULT_ACTION_REPEAT.get(task.split("_")[0], 1)
     prefill = int(bindings.get("train.prefill", 0))
+    # Our episode files are named by their entries (the reset observation too),
+    # the release's by their agent steps.
+    reset_entry = 0 if bindings.get("names_count_steps") else 1
     first, rewarded, episodes, steps = None, 0, 0, 0
-    for path, length in episode_files_in_order(pathlib.Path(logdir) / "replay"):
-        start, steps = steps, steps + length - 1
+    replay = pathlib.Path(logdir) / str(bindings.get("replay", "replay"))
+    for path, length in episode_files_in_order(replay):
+        start, steps = steps, steps + length - reset_entry
         if max_frames is not None and steps * repeat > max_frames:
             break
         if start < prefill or steps * repeat <= min_frames:

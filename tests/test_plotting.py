@@ -228,3 +228,40 @@ def test_a_method_has_one_color_in_every_panel(runs):
     }
     colors = plotting.method_colors({**curves, **finger})
     assert colors == {"dreamerv2": "C0", "tempo-lookahead": "C1", "tempo-released": "C2"}
+
+
+def test_a_run_of_the_released_code_loads_beside_ours(tmp_path):
+    """tests/reference/released_run.py leaves the release's own logdir and a
+    marker: its per-episode eval records (the first one the random episode of
+    its prefill) become one mean per frame; its episode files count agent steps."""
+    logdir = tmp_path / "released"
+    (logdir / "train_episodes").mkdir(parents=True)
+    marker = {"task": "dmc_cartpole_swingup", "seed": 1, "prefill": 10, "action_repeat": 2}
+    marker["method"] = "released-dreamerv2"
+    (logdir / plotting.RELEASED_MARKER).write_text(json.dumps(marker))
+    lines = [
+        {"step": 20, "eval_return": 99.0},  # random actions during the prefill
+        {"step": 20, "eval_return": 4.0},
+        {"step": 20, "eval_return": 6.0},
+        {"step": 40, "train_return": 1.0, "fps": 5.0},
+        {"step": 60, "eval_return": 30.0},
+        {"step": 60, "eval_return": 10.0},
+        {"step": 80, "fps": 10.0},
+    ]
+    (logdir / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    for stamp, rewards in ((1, [0] * 10), (2, [0] * 9 + [1]), (3, [0] * 10)):
+        name = f"20261126T0000{stamp:02d}-{'ab' * 16}-{len(rewards)}.npz"  # its names: steps
+        np.savez_compressed(
+            logdir / "train_episodes" / name, reward=np.asarray([0.0, *rewards], np.float32)
+        )
+    run = plotting.load_run(logdir)
+    assert run["method"] == "released-dreamerv2" and run["seed"] == 1
+    assert run["steps"].tolist() == [20, 60] and run["values"].tolist() == [5.0, 20.0]
+    # Episodes end at agent steps 10, 20, 30: the last two after the prefill,
+    # the one ending at frame 40 rewarded.
+    assert run["first_reward"] == 40 and run["rewarded"] == (1, 2)
+    assert run["wall_s"] == pytest.approx(40 / 10.0)
+    ours = fake_run(tmp_path, "ours", {"train.task": "dmc_cartpole_swingup"}, [(20, 1.0)])
+    ours_run = plotting.load_run(ours)
+    table = plotting.summary_table(plotting.aggregate([run, ours_run]), "released-dreamerv2")
+    assert "Minus released-dreamerv2" in table and "| tempo-released |" in table
