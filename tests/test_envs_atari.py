@@ -61,6 +61,63 @@ def test_max_pool_over_last_two_frames():
     assert not np.array_equal(frames[-2], frames[-1])  # the ball moved: pooling matters
 
 
+def record_frames(env):
+    """Collect every frame the ALE env returns (reset and steps) into a list."""
+    frames = []
+    step, reset = env.gym_env.step, env.gym_env.reset
+    env.gym_env.step = lambda a: (lambda out: (frames.append(out[0]), out)[1])(step(a))
+    env.gym_env.reset = lambda **k: (lambda out: (frames.append(out[0]), out)[1])(reset(**k))
+    return frames
+
+
+def test_reset_observation_is_last_noop_frame():
+    # As gym's AtariPreprocessing (the release's): its reset zero-fills the second
+    # pooling buffer, so the first observation is the last no-op frame, not a max.
+    # Ms. Pac-Man's start animates, so the two rules give different images.
+    env = Atari("ms_pacman", noops=30, sticky=0.0, seed=3)
+    frames = record_frames(env)
+    for _ in range(3):
+        frames.clear()
+        obs = env.reset()
+        assert 2 <= len(frames) <= 31  # the reset frame and 1..30 no-ops
+        np.testing.assert_array_equal(obs["image"][:, :, 0], frames[-1])
+        assert not np.array_equal(frames[-2], frames[-1])
+        # The first step pools its own two last frames, nothing from the reset.
+        frames.clear()
+        obs = env.step(0)
+        np.testing.assert_array_equal(obs["image"][:, :, 0], np.maximum(frames[-2], frames[-1]))
+
+
+def test_no_pooling_without_action_repeat():
+    # gym pools only when frame_skip > 1: at repeat 1 the observation is the frame.
+    env = Atari("ms_pacman", action_repeat=1, noops=0, sticky=0.0)
+    frames = record_frames(env)
+    env.reset()
+    differ = 0
+    for _ in range(12):
+        obs = env.step(0)
+        np.testing.assert_array_equal(obs["image"][:, :, 0], frames[-1])
+        differ += not np.array_equal(frames[-2], frames[-1])
+    assert differ > 0
+
+
+def test_no_ale_frame_cap_by_default():
+    # The release's ALE has no per-episode frame cap (only its 27000-step TimeLimit);
+    # ale-py's registered 108k frames would end long episodes a few steps early.
+    env = Atari("pong", noops=0)
+    assert env.ale.getInt("max_num_frames_per_episode") == 0
+    env = make_env("atari_pong", max_frames=10, noops=0, sticky=0.0, time_limit=0)
+    env.reset()
+    flags = [
+        (bool(o["is_last"]), bool(o["is_terminal"]))
+        for o in (env.step(one_hot(0, 6)) for _ in range(3))
+    ]
+    assert flags == [(False, False), (False, False), (True, False)]  # frames 4, 8, 10
+    assert env.unwrapped.ale.getEpisodeFrameNumber() == 10
+    with pytest.raises(ValueError, match="max_frames"):
+        Atari("pong", max_frames=-1)
+
+
 def test_noops_at_reset():
     env = make_env("atari_pong", seed=1, noops=30)
     ale = env.unwrapped.ale

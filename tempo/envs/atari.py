@@ -4,6 +4,12 @@ The ALE env runs at frameskip 1 with sticky actions, and this class does the act
 repeat itself so it can max-pool the last two frames (Atari sprites flicker between
 frames), plus random no-ops at reset and an optional life-loss end. Resizing to 64x64
 is left to :class:`tempo.envs.wrappers.ResizeImage`.
+
+It follows the released code's wrapper (gym 0.19's ``AtariPreprocessing`` over
+atari-py, checked frame for frame by tests/test_reference_atari.py) except in two
+places: the observation that ends a game inside the action repeat pools that step's
+last two frames (gym's can repeat the previous step's), and the no-op counts and
+sticky actions follow ``seed`` (the release seeds every Atari env with 0).
 """
 
 from __future__ import annotations
@@ -71,6 +77,15 @@ class Atari(BaseEnv):
             still seen. A full reset happens once the game is over or after a time-out.
         full_action_space: all 18 actions instead of the game's minimal set.
         seed: seeds ALE (sticky actions) and the no-op counts.
+        max_frames: ALE's own cap on frames per episode (ends with is_last, not
+            is_terminal); 0, the default, sets none, as in the release, whose episodes
+            end only at the game's end or train.py's 27000-step time limit (ale-py's
+            registered 108000 frames would end them up to 7 agent steps earlier,
+            counting the no-ops, with a short last repeat).
+
+    Observations are the max over the last two frames of the repeat (gym pools only
+    when ``action_repeat`` > 1; so does this class). The first observation of an
+    episode is the last no-op frame alone, as gym's reset leaves nothing to pool with.
     """
 
     def __init__(
@@ -84,6 +99,7 @@ class Atari(BaseEnv):
         life_loss: bool = False,
         full_action_space: bool = False,
         seed: int = 0,
+        max_frames: int = 0,
     ) -> None:
         super().__init__()
         if int(action_repeat) < 1:
@@ -92,6 +108,8 @@ class Atari(BaseEnv):
             raise ValueError(f"sticky must be a probability, got {sticky}")
         if int(noops) < 0:
             raise ValueError(f"noops must be >= 0, got {noops}")
+        if int(max_frames) < 0:
+            raise ValueError(f"max_frames must be >= 0 (0: no cap), got {max_frames}")
         self.game = resolve_game(game)
         self.action_repeat = int(action_repeat)
         self.grayscale = bool(grayscale)
@@ -103,6 +121,7 @@ class Atari(BaseEnv):
             frameskip=1,
             repeat_action_probability=float(sticky),
             full_action_space=bool(full_action_space),
+            max_num_frames_per_episode=int(max_frames),
             disable_env_checker=True,
         )
         self.ale = self.gym_env.unwrapped.ale
@@ -136,14 +155,13 @@ class Atari(BaseEnv):
         else:
             frame, _ = self.gym_env.reset(seed=self._seed)
             self._seeded = True
-        self._frames = [frame, frame]
         count = int(self._rng.integers(1, self.noops + 1)) if self.noops else 0
         for _ in range(count):
             frame, _, terminated, truncated, _ = self.gym_env.step(0)
-            self._push(frame)
             if terminated or truncated:
                 frame, _ = self.gym_env.reset()
-                self._frames = [frame, frame]
+        # The last no-op frame alone: gym's reset zero-fills the other pooling buffer.
+        self._frames = [frame, frame]
         self._lives = self.ale.lives()
 
     def _advance(self, action: Any) -> tuple[float, bool, bool]:
@@ -163,7 +181,10 @@ class Atari(BaseEnv):
         return total, terminated, truncated
 
     def _observe(self) -> dict[str, np.ndarray]:
-        image = np.maximum(self._frames[0], self._frames[1])
+        if self.action_repeat > 1:
+            image = np.maximum(self._frames[0], self._frames[1])
+        else:
+            image = self._frames[1]
         if image.ndim == 2:
             image = image[:, :, None]
         return {"image": image}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import functools
+import math
 from typing import Any
 
 import gymnasium
@@ -251,14 +252,104 @@ def _cell_edges(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
     return index, frac
 
 
+@functools.lru_cache(maxsize=64)
+def _area_table(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """OpenCV's INTER_AREA weights along one axis (``computeResizeAreaTab``), n_out <= n_in.
+
+    Row ``d`` lists, in order, the input pixels that output pixel ``d`` overlaps and
+    their float32 weights (overlap / cell width); unused slots get weight 0, whose
+    products add exactly nothing.
+    """
+    scale = 1.0 / (n_out / n_in)  # OpenCV: 1 / inv_scale, inv_scale = dsize / ssize
+    rows = []
+    for d in range(n_out):
+        start = d * scale
+        end = start + scale
+        cell = min(scale, n_in - start)
+        last = min(math.floor(end), n_in - 1)
+        first = min(math.ceil(start), last)
+        row = []
+        if first - start > 1e-3:
+            row.append((first - 1, (first - start) / cell))
+        row += [(i, 1.0 / cell) for i in range(first, last)]
+        if end - last > 1e-3:
+            row.append((last, min(end - last, 1.0, cell) / cell))
+        rows.append(row)
+    width = max(len(row) for row in rows)
+    index = np.zeros((n_out, width), np.int64)
+    weight = np.zeros((n_out, width), np.float32)
+    for d, row in enumerate(rows):
+        for k, (i, w) in enumerate(row):
+            index[d, k], weight[d, k] = i, w  # double -> float32, as OpenCV's (float) cast
+    index.setflags(write=False)
+    weight.setflags(write=False)
+    return index, weight
+
+
+def _downscale_area(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """OpenCV's INTER_AREA for output no larger than the input in either axis, to the byte.
+
+    Integer factors take OpenCV's fast path: block sums, then ``(sum + 2) >> 2`` for 2x2
+    blocks of 1, 3 or 4 channels, else ``sum * float32(1 / area)`` rounded half to even.
+    Other factors accumulate float32 products in OpenCV's order (each row across, then
+    the rows down) and round half to even (``saturate_cast<uchar>(float)``).
+    """
+    in_h, in_w, channels = image.shape
+    scale_x, scale_y = 1.0 / (width / in_w), 1.0 / (height / in_h)
+    int_x, int_y = round(scale_x), round(scale_y)
+    eps = np.finfo(np.float64).eps
+    if abs(scale_x - int_x) < eps and abs(scale_y - int_y) < eps:
+        blocks = image.reshape(height, int_y, width, int_x, channels)
+        sums = blocks.sum((1, 3), dtype=np.int64)
+        if int_x == int_y == 2 and channels in (1, 3, 4):
+            return ((sums + 2) >> 2).astype(np.uint8)
+        out = sums.astype(np.float32) * (np.float32(1) / np.float32(int_x * int_y))
+    else:
+        cols, col_weight = _area_table(in_w, width)
+        rows, row_weight = _area_table(in_h, height)
+        src = image.astype(np.float32)
+        across = src[:, cols[:, 0]] * col_weight[:, 0, None]
+        for k in range(1, cols.shape[1]):
+            across += src[:, cols[:, k]] * col_weight[:, k, None]
+        out = across[rows[:, 0]] * row_weight[:, 0, None, None]
+        for k in range(1, rows.shape[1]):
+            out += across[rows[:, k]] * row_weight[:, k, None, None]
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _upscale_area(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Mean of the covered input area when an axis grows (not OpenCV's bilinear variant).
+
+    It reads box sums off an integral image interpolated at the cell edges: the
+    integral of a piecewise-constant image is bilinear inside each pixel, so linear
+    interpolation at fractional edges is exact.
+    """
+    in_h, in_w = image.shape[:2]
+    integral = np.zeros((in_h + 1, in_w + 1, image.shape[2]))
+    np.cumsum(np.cumsum(image, 0, dtype=np.float64), 1, out=integral[1:, 1:])
+    rows, row_frac = _cell_edges(in_h, height)
+    cols, col_frac = _cell_edges(in_w, width)
+    row_frac = row_frac[:, None, None]
+    at_rows = integral[rows] * (1 - row_frac) + integral[rows + 1] * row_frac
+    col_frac = col_frac[None, :, None]
+    at = at_rows[:, cols] * (1 - col_frac) + at_rows[:, cols + 1] * col_frac
+    sums = at[1:, 1:] - at[:-1, 1:] - at[1:, :-1] + at[:-1, :-1]
+    out = sums * (height * width / (in_h * in_w))
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
 def resize_area(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Area-interpolated resize of an HxW or HxWxC uint8 image to ``size`` = (H, W).
 
-    Like OpenCV's INTER_AREA (each output pixel is the mean of the input area it covers,
-    fractional pixels weighted by overlap), so no image library is needed and
-    non-integer factors such as Atari's 210x160 -> 64x64 work. It reads box sums off an
-    integral image interpolated at the cell edges: only element-wise numpy, because
-    small BLAS products stall on thread wake-ups when interleaved with simulator steps.
+    Shrinking (both axes no larger than the input, as Atari's 210x160 -> 64x64) gives
+    OpenCV's ``cv2.resize(image, (W, H), interpolation=cv2.INTER_AREA)`` to the byte,
+    which is what the released code's gym AtariPreprocessing used: each output pixel is
+    the mean of the input area it covers, fractional pixels weighted by overlap, with
+    OpenCV's float32 arithmetic and rounding (tests/test_reference_atari.py checks it
+    against recorded OpenCV output). Growing an axis keeps a plain area mean, where
+    OpenCV would switch to a bilinear variant. Only element-wise numpy, no image
+    library: small BLAS products stall on thread wake-ups when interleaved with
+    simulator steps.
     """
     height, width = int(size[0]), int(size[1])
     squeeze = image.ndim == 2
@@ -266,21 +357,10 @@ def resize_area(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         image = image[:, :, None]
     if image.shape[:2] == (height, width):
         out = np.asarray(image, np.uint8)
+    elif height <= image.shape[0] and width <= image.shape[1]:
+        out = _downscale_area(np.asarray(image, np.uint8), height, width)
     else:
-        in_h, in_w = image.shape[:2]
-        integral = np.zeros((in_h + 1, in_w + 1, image.shape[2]))
-        np.cumsum(np.cumsum(image, 0, dtype=np.float64), 1, out=integral[1:, 1:])
-        # The integral of a piecewise-constant image is bilinear inside each pixel, so
-        # linear interpolation of the integral image at fractional edges is exact.
-        rows, row_frac = _cell_edges(in_h, height)
-        cols, col_frac = _cell_edges(in_w, width)
-        row_frac = row_frac[:, None, None]
-        at_rows = integral[rows] * (1 - row_frac) + integral[rows + 1] * row_frac
-        col_frac = col_frac[None, :, None]
-        at = at_rows[:, cols] * (1 - col_frac) + at_rows[:, cols + 1] * col_frac
-        sums = at[1:, 1:] - at[:-1, 1:] - at[1:, :-1] + at[:-1, :-1]
-        out = sums * (height * width / (in_h * in_w))
-        out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+        out = _upscale_area(image, height, width)
     return out[:, :, 0] if squeeze else out
 
 
