@@ -90,7 +90,8 @@ def make_env(
             is_last but not is_terminal. None: Atari 27000, DMC the suite's own 1000 env
             steps, gym the id's registered limit. 0 adds no limit of our own.
         **kwargs: suite options: Atari ``grayscale``, ``sticky``, ``noops``,
-            ``life_loss``, ``full_action_space``; DMC ``camera``, ``task_kwargs``,
+            ``life_loss``, ``full_action_space``, ``max_frames`` (ALE's
+            own cap, 0: none, as released); DMC ``camera``, ``task_kwargs``,
             ``proprio_keys`` ('vectors', the default: only the rank-1 observations
             the released code's model sees; 'all': every one, flattened); gym
             anything ``gymnasium.make`` accepts.
