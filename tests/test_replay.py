@@ -12,9 +12,8 @@ from hypothesis import strategies as st
 
 import tempo  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from tempo import replay as replay_lib
+from tempo.episode_store import _NAME_RE as NAME_RE
 from tempo.replay import Replay, ReplayWriteError
-
-NAME_RE = replay_lib._NAME_RE
 
 
 def make_episode(length: int, epid: int, terminal: bool = True) -> dict:
