@@ -16,12 +16,11 @@ setting), their cosine, and the time of one compiled update in each setting.
 from __future__ import annotations
 
 import json
-import os
 import time
 
 from absl import app, flags
 
-from launch.common import CONFIGS
+from tempo.benchmark_configs import CONFIGS, parse_benchmark_config
 
 flags.DEFINE_string("config", "cpu", f"One of {sorted(CONFIGS)}.")
 flags.DEFINE_integer("seeds", 32, "Sampling seeds per setting.")
@@ -55,11 +54,7 @@ def main(argv):
     from tempo import configurables
     from tempo.synthetic import random_batch
 
-    files, shapes, action_size, discrete = CONFIGS[FLAGS.config]
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    configurables.parse_config(
-        [os.path.join(root, "gin_configs", f"{f}.gin") for f in files], FLAGS.gin_param
-    )
+    shapes, action_size, discrete = parse_benchmark_config(FLAGS.config, FLAGS.gin_param)
     trainers = {}
     for passes in (1, 2):  # equal initial weights: same seed, same construction
         trainers[passes] = configurables.build_trainer(shapes, action_size, discrete)

@@ -42,7 +42,7 @@ def test_bench_rows_parts_and_ratio(tmp_path):
 def test_round_ratios_pair_each_round_with_its_own_release_case(capsys):
     """Ratios are taken within a round (ours right before the release's), not
     across rounds, and several rounds print their median and range."""
-    from launch import bench
+    from tempo import benchmark as bench
 
     def row(config, mode, median, round_):
         return dict(
