@@ -1,9 +1,10 @@
-"""The training loop: prefill, train, evaluate, log, checkpoint, export.
+"""The training run, phase by phase: build and restore, prefill, pretrain, the
+collect-and-update loop with its periodic duties, and teardown.
 
-Counting: `steps`, `eval_every`, `log_every` and `checkpoint_every` are in
-environment frames (agent steps x action repeat), the unit of the paper's
-curves. `prefill` and `train_every` are in agent steps (transitions), as in
-DreamerV2.
+Counting: `steps`, `eval_every`, `log_every`, `video_every` and
+`checkpoint_every` are in environment frames (agent steps x action repeat), the
+unit of the paper's curves. `prefill` and `train_every` are in agent steps
+(transitions), as in DreamerV2.
 
 Schedule, as the released `train.py` runs it (`tempo.schedule.Every`): a prefill
 of exactly `prefill` random agent steps (longer only until one episode has
@@ -16,6 +17,7 @@ frame and every `eval_every` frames after it, and once more at the budget
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import signal
@@ -24,7 +26,7 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-from tempo import replicas
+from tempo import workers
 from tempo.agent.agent import Agent, random_actions
 from tempo.agent.bilevel import BilevelTrainer
 from tempo.agent.builder import build_trainer
@@ -89,331 +91,414 @@ def train(
     checkpoint in the logdir restored (the launcher saves its configuration
     there). Returns a summary dict.
     """
-    logdir = pathlib.Path(logdir).expanduser()
-    # Everything that can be wrong in the configuration fails here, before the
-    # logdir or anything in it is created.
-    suite = task.split("_", 1)[0]
-    if "_" not in task or suite not in DEFAULT_ACTION_REPEAT:
-        raise ConfigError(
-            f"Unknown suite {suite!r} in task {task!r}: tasks are <suite>_<name> with suite one "
-            f"of {', '.join(DEFAULT_ACTION_REPEAT)} (e.g. dmc_walker_walk, atari_pong, "
-            "gym_CartPole-v1)."
-        )
-    repeat = action_repeat or DEFAULT_ACTION_REPEAT[suite]
-    env_kwargs = dict(
-        action_repeat=repeat, obs_type=obs_type, time_limit=time_limit, **(env_options or {})
-    )
+    arguments = locals()
+    settings = RunSettings(**{f.name: arguments[f.name] for f in dataclasses.fields(RunSettings)})
+    return Run(pathlib.Path(logdir).expanduser(), settings, trainer_fn).execute(on_start)
 
-    def make_envs(env_seed: int):
-        return make_batch_env(
-            task,
-            num_envs,
-            seed=env_seed,
-            parallel=parallel_envs,
-            on_failure=env_failure,
-            max_restarts=env_max_restarts,
-            **env_kwargs,
-        )
 
-    try:
-        env = make_envs(seed)
-    except (ValueError, KeyError, EnvWorkerError) as error:
-        cause = error.__cause__ if isinstance(error, EnvWorkerError) else None
-        raise ConfigError(f"Cannot make task {task!r}: {first_line(cause or error)}") from error
-    eval_env = None
-    try:  # the env's worker processes must not outlive a failure to build the rest
-        eval_env = make_batch_env(task, 1, seed=seed + 10_000, parallel=False, **env_kwargs)
-        obs_shapes = {k: tuple(s.shape) for k, s in env.obs_space.items() if k not in RESERVED}
-        action_size = int(env.act_space.shape[0])
-        trainer = trainer_fn(obs_shapes, action_size, env.discrete, seed=seed)
-    except BaseException as error:
-        env.close()
-        if eval_env is not None:
-            eval_env.close()
-        if isinstance(error, (ValueError, TypeError)):
-            message = f"Cannot build the agent for {task!r}: {first_line(error)}"
-            raise ConfigError(message) from error
-        raise
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """What `train` was asked for, in its units."""
 
-    # Under a strategy each worker collects its own experience (its environments,
-    # random prefill actions and exploration seeded with seed + WORKER_SEED_STRIDE
-    # * w: the same seed everywhere would make every worker collect the same
-    # episodes) and samples its share of the global batch from its own replay.
-    worker = _worker_index(trainer.strategy)
-    several_workers = _num_workers(trainer.strategy) > 1
-    worker_batch = trainer.worker_batch_size(batch_size)
-    worker_seed = seed + WORKER_SEED_STRIDE * worker
-    if worker:  # non-chief workers keep their own replay and checkpoints apart
-        logdir = logdir / f"worker{worker}"
-        env.close()
-        env = make_envs(worker_seed)
-    logdir.mkdir(parents=True, exist_ok=True)
-    replay = Replay(
-        logdir / "replay",
-        capacity=replay_capacity,
-        length=batch_length,
-        min_length=batch_length,
-        prioritize_ends=prioritize_ends,
-        seed=worker_seed,
-    )
-    agent = Agent(trainer, seed=worker_seed, eval_state_mean=eval_state_mean)
-    agent_steps = tf.Variable(0, dtype=tf.int64, name="agent_steps")
-    checkpoint = tf.train.Checkpoint(trainer=trainer, agent=agent, agent_steps=agent_steps)
-    manager = tf.train.CheckpointManager(checkpoint, logdir / "checkpoints", max_to_keep=3)
-    if manager.latest_checkpoint:
-        try:
-            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        except (ValueError, AssertionError) as error:
+    task: str
+    steps: int
+    seed: int
+    action_repeat: int | None
+    obs_type: str | None
+    time_limit: int | None
+    env_options: dict | None
+    num_envs: int
+    parallel_envs: bool
+    env_failure: str
+    env_max_restarts: int
+    batch_size: int
+    batch_length: int
+    replay_capacity: int
+    prioritize_ends: bool
+    prefill: int
+    pretrain: int
+    train_every: int
+    train_steps: int
+    eval_every: int
+    eval_episodes: int
+    final_eval: bool
+    eval_state_mean: bool
+    log_every: int
+    video_every: int
+    checkpoint_every: int
+    export: bool
+    max_nonfinite_updates: int
+
+
+class Run:
+    """One run in one logdir. `execute` calls the phases in order; each phase
+    is a method of its own name, and the state they share is attributes."""
+
+    def __init__(self, logdir: pathlib.Path, settings: RunSettings, trainer_fn: Callable) -> None:
+        self.logdir = logdir
+        self.s = settings
+        self.trainer_fn = trainer_fn
+        self.stop_requested = False
+        self.eval_return: float | None = None
+
+    # ------------------------------------------------------------------ phases
+
+    def execute(self, on_start: Callable[[str], None] | None = None) -> dict:
+        self.build()
+        self.restore()
+        if on_start is not None:
+            on_start(str(self.logdir))
+        self.connect()
+        self.prefill()
+        self.pretrain()
+        self.collect_and_update()
+        return self.finish()
+
+    def build(self) -> None:
+        """Environments, trainer, replay, agent and checkpoint. Everything that
+        can be wrong in the configuration fails here, before the logdir or
+        anything in it is created; no environment worker outlives a failure."""
+        s = self.s
+        suite = s.task.split("_", 1)[0]
+        if "_" not in s.task or suite not in DEFAULT_ACTION_REPEAT:
             raise ConfigError(
-                f"The checkpoint {manager.latest_checkpoint} does not match this configuration: "
-                f"{first_line(error)} Nothing in {logdir} was changed; resume with the "
-                f"run's own settings ({logdir / 'config.gin'}) or start a new --logdir."
-            ) from error
-    resumed = manager.latest_checkpoint
-    if several_workers:
-        resumed = _restore_common_step(manager, checkpoint, agent_steps, trainer.strategy)
-    if resumed:
-        print(f"Resumed from {resumed} at env frame {int(agent_steps) * repeat}.")
-    if on_start is not None:
-        on_start(str(logdir))
-
-    def save_checkpoint() -> None:
+                f"Unknown suite {suite!r} in task {s.task!r}: tasks are <suite>_<name> with suite "
+                f"one of {', '.join(DEFAULT_ACTION_REPEAT)} (e.g. dmc_walker_walk, atari_pong, "
+                "gym_CartPole-v1)."
+            )
+        self.repeat = s.action_repeat or DEFAULT_ACTION_REPEAT[suite]
+        self.env_kwargs = dict(
+            action_repeat=self.repeat,
+            obs_type=s.obs_type,
+            time_limit=s.time_limit,
+            **(s.env_options or {}),
+        )
         try:
-            manager.save(checkpoint_number=int(agent_steps))
+            self.env = self.make_envs(s.seed)
+        except (ValueError, KeyError, EnvWorkerError) as error:
+            cause = error.__cause__ if isinstance(error, EnvWorkerError) else None
+            raise ConfigError(
+                f"Cannot make task {s.task!r}: {first_line(cause or error)}"
+            ) from error
+        self.eval_env = None
+        try:
+            self.eval_env = make_batch_env(
+                s.task, 1, seed=s.seed + 10_000, parallel=False, **self.env_kwargs
+            )
+            obs_space = self.env.obs_space
+            obs_shapes = {k: tuple(v.shape) for k, v in obs_space.items() if k not in RESERVED}
+            self.action_size = int(self.env.act_space.shape[0])
+            self.trainer = self.trainer_fn(
+                obs_shapes, self.action_size, self.env.discrete, seed=s.seed
+            )
+        except BaseException as error:
+            self.env.close()
+            if self.eval_env is not None:
+                self.eval_env.close()
+            if isinstance(error, (ValueError, TypeError)):
+                message = f"Cannot build the agent for {s.task!r}: {first_line(error)}"
+                raise ConfigError(message) from error
+            raise
+
+        # Under a strategy each worker collects its own experience (its
+        # environments, random prefill actions and exploration seeded with seed +
+        # WORKER_SEED_STRIDE * w: the same seed everywhere would make every worker
+        # collect the same episodes) and samples its share of the global batch
+        # from its own replay.
+        strategy = self.trainer.strategy
+        worker = workers.worker_index(strategy)
+        self.several_workers = workers.num_workers(strategy) > 1
+        self.worker_batch = self.trainer.worker_batch_size(s.batch_size)
+        self.worker_seed = s.seed + workers.WORKER_SEED_STRIDE * worker
+        if worker:  # non-chief workers keep their own replay and checkpoints apart
+            self.logdir = self.logdir / f"worker{worker}"
+            self.env.close()
+            self.env = self.make_envs(self.worker_seed)
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        self.replay = Replay(
+            self.logdir / "replay",
+            capacity=s.replay_capacity,
+            length=s.batch_length,
+            min_length=s.batch_length,
+            prioritize_ends=s.prioritize_ends,
+            seed=self.worker_seed,
+        )
+        self.agent = Agent(self.trainer, seed=self.worker_seed, eval_state_mean=s.eval_state_mean)
+        self.agent_steps = tf.Variable(0, dtype=tf.int64, name="agent_steps")
+        self.checkpoint = tf.train.Checkpoint(
+            trainer=self.trainer, agent=self.agent, agent_steps=self.agent_steps
+        )
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, self.logdir / "checkpoints", max_to_keep=3
+        )
+
+    def make_envs(self, env_seed: int):
+        s = self.s
+        return make_batch_env(
+            s.task,
+            s.num_envs,
+            seed=env_seed,
+            parallel=s.parallel_envs,
+            on_failure=s.env_failure,
+            max_restarts=s.env_max_restarts,
+            **self.env_kwargs,
+        )
+
+    def restore(self) -> None:
+        """The latest checkpoint, if any (the newest one every worker holds in a
+        multi-worker run); a run killed before its first checkpoint counts the
+        steps its stored episodes hold, as the released code does."""
+        manager = self.manager
+        if manager.latest_checkpoint:
+            try:
+                self.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+            except (ValueError, AssertionError) as error:
+                raise ConfigError(
+                    f"The checkpoint {manager.latest_checkpoint} does not match this "
+                    f"configuration: {first_line(error)} Nothing in {self.logdir} was changed; "
+                    f"resume with the run's own settings ({self.logdir / 'config.gin'}) or start "
+                    "a new --logdir."
+                ) from error
+        resumed = manager.latest_checkpoint
+        if self.several_workers:
+            resumed = workers.restore_common_step(
+                manager, self.checkpoint, self.agent_steps, self.trainer.strategy
+            )
+        if resumed:
+            print(f"Resumed from {resumed} at env frame {self.frame}.")
+        elif self.replay.total_episodes:
+            self.agent_steps.assign(self.replay.total_steps - self.replay.total_episodes)
+
+    def connect(self) -> None:
+        """The logger, the metrics and the driver that feeds replay and step count."""
+        self.logger = Logger(self.logdir)
+        self.metrics = MetricsAccumulator()
+        self.fps, self.ups = FPS(), FPS()  # env frames and updates per second
+        self.driver = Driver(self.env, self.s.num_envs, self.action_size)
+        self.driver.on_step.append(lambda tran, worker: self.replay.add_step(tran, worker))
+        # Count environment steps taken; the observation after a reset is not one.
+        self.driver.on_step.append(
+            lambda tran, worker: tran["is_first"] or self.agent_steps.assign_add(1)
+        )
+        self.driver.on_episode.append(
+            lambda stats, worker: self.logger.scalars(
+                {"return": stats["return"], "length": stats["length"]}, prefix="train"
+            )
+        )
+        self.rng = np.random.default_rng(self.worker_seed + int(self.agent_steps))
+
+    def prefill(self) -> None:
+        """Random actions for exactly `prefill` agent steps, and on until one
+        episode has finished (sampling needs one); the episode it stops inside
+        is dropped."""
+        s, replay = self.s, self.replay
+        if int(self.agent_steps) >= s.prefill and replay.num_episodes:
+            return
+        print(f"Prefill: {max(s.prefill - int(self.agent_steps), 0)} random agent steps.")
+
+        def random_policy(obs, state):
+            return random_actions(self.rng, s.num_envs, self.action_size, self.env.discrete), None
+
+        while int(self.agent_steps) < s.prefill or replay.num_episodes == 0:
+            self.driver.run(random_policy, steps=s.num_envs)
+        # Workers of a multi-worker run may end their prefill at different steps
+        # (waiting for an episode); every worker must then make the same updates
+        # and saves, which are collective: all continue to the latest.
+        target = workers.max_over_workers(self.trainer.strategy, int(self.agent_steps))
+        while int(self.agent_steps) < target:
+            self.driver.run(random_policy, steps=s.num_envs)
+        self.driver.reset()
+        replay.discard_unfinished()
+
+    def pretrain(self) -> None:
+        """The training stream, the carried state, and `pretrain` updates before
+        the first collection step (a resumed run has made them)."""
+        self.dataset = iter(self.replay.dataset(self.worker_batch, self.s.batch_length))
+        self.train_state = self.trainer.initial_state(self.worker_batch)  # per replica
+        if int(self.trainer.step.numpy()) == 0:
+            print(f"Pretrain: {self.s.pretrain} updates.")
+            for _ in range(self.s.pretrain):
+                self.update()
+
+    def collect_and_update(self) -> None:
+        """The loop, one collection step at a time, up to the budget or a stop
+        signal, then the evaluation at the budget; teardown in any case."""
+        s = self.s
+        previous = {
+            sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        self.start_duties()
+        skip_final_checkpoint = failing = False
+        try:
+            while int(self.agent_steps) < s.steps // self.repeat and not self.stop_requested:
+                if self.should_eval(self.frame):
+                    self.evaluate()
+                steps = self.driver.run(self.acting_policy, steps=s.num_envs)
+                self.fps.update(steps * self.repeat)
+                self.after_step()
+            if not self.stop_requested and s.final_eval and s.eval_every:
+                if self.last_eval != self.frame:
+                    # The policy the run finishes with (the one it exports) is
+                    # evaluated at the budget; the release stops without it.
+                    self.evaluate()
+        except (NonFiniteError, CheckpointWriteError):
+            # A diverged run keeps its last good checkpoint as the latest; a failed
+            # write is not retried on the way out.
+            skip_final_checkpoint = True
+            raise
+        except BaseException:
+            failing = True
+            raise
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.teardown(save=not skip_final_checkpoint, failing=failing)
+
+    def finish(self) -> dict:
+        """The export (unless stopped by a signal) and the summary."""
+        frame = self.frame
+        if self.stop_requested:
+            print(f"Stopped by signal at env frame {frame}; checkpoint saved.")
+        elif self.s.export:
+            from tempo.export import export_policy
+
+            metadata = {"task": self.s.task, **self.env_kwargs}
+            export_policy(self.agent, self.env.obs_space, self.logdir / "saved_model", metadata)
+        summary = {
+            "step": frame,
+            "updates": int(self.trainer.step.numpy()),
+            "eval_return": self.eval_return,
+        }
+        (self.logdir / "summary.json").write_text(json.dumps(summary))
+        return summary
+
+    # ------------------------------------------------------------ periodic duties
+
+    def start_duties(self) -> None:
+        """The released code's grid: updates, logs and open-loop videos start on
+        the first collection step; evaluations at the loop's first frame and every
+        eval_every frames after it (a resumed run continues the grid of its last
+        evaluation); checkpoints every checkpoint_every frames."""
+        s = self.s
+        evaluated = eval_frames(self.logdir)
+        self.last_eval = evaluated[-1] if evaluated else None
+        self.should_train = Every(s.train_every)  # agent steps
+        self.should_log = Every(s.log_every)  # frames, as the rest
+        self.should_video = Every(s.video_every)
+        self.should_eval = Every(s.eval_every, last=last_grid_point(evaluated, s.eval_every))
+        self.should_save = Every(s.checkpoint_every, last=self.frame)
+        self.image_keys = self.trainer.world_model.decoder.cnn_keys
+        self.video_fn = tf.function(self.trainer.world_model.video_prediction)
+        self.video_batches = None  # its own stream, as the release's report dataset
+
+    def after_step(self) -> None:
+        """What follows a collection step, in the release's order: updates, then
+        the log; then the video, the checkpoint and a multi-worker stop."""
+        frame = self.frame
+        if self.should_train(int(self.agent_steps)):
+            for _ in range(self.s.train_steps):
+                self.update()
+        if self.should_log(frame):
+            self.write_logs()
+        if self.image_keys and self.should_video(frame):
+            self.log_video()
+        if self.should_save(frame):
+            self.save_checkpoint()
+        if self.several_workers:
+            self.agree_to_stop()
+
+    def update(self) -> None:
+        """One update; stops the run after `max_nonfinite_updates` skipped in a row."""
+        self.train_state, mets = self.trainer.train(next(self.dataset), self.train_state)
+        self.metrics.add({k: float(v) for k, v in mets.items()})
+        self.ups.update(1)
+        streak = int(self.trainer.nonfinite_streak.numpy())
+        if streak >= self.s.max_nonfinite_updates:
+            raise NonFiniteError(
+                f"{streak} consecutive updates had non-finite losses "
+                f"or gradients (see train/update_skipped in {self.logdir / 'metrics.jsonl'}); "
+                f"stopping with the last good checkpoint in {self.logdir / 'checkpoints'} intact."
+            )
+
+    def evaluate(self) -> None:
+        """Evaluation episodes now, logged at this frame."""
+        self.last_eval = self.frame
+        self.eval_return = evaluate(self.eval_env, self.agent, self.s.eval_episodes, self.logger)
+        self.logger.write(self.frame)
+
+    def write_logs(self) -> None:
+        write_logs(
+            self.logger,
+            self.metrics,
+            self.fps,
+            self.ups,
+            self.replay,
+            self.trainer,
+            self.frame,
+            self.s.steps,
+        )
+
+    def log_video(self) -> None:
+        """Open-loop predictions on a batch of its own replay stream."""
+        if self.video_batches is None:
+            self.video_batches = iter(
+                self.replay.dataset(self.worker_batch, self.s.batch_length, prefetch=1)
+            )
+        batch = next(self.video_batches)
+        for key in self.image_keys:
+            self.logger.video(f"openl_{key}", self.video_fn(batch, key).numpy())
+
+    def save_checkpoint(self) -> None:
+        manager = self.manager
+        try:
+            manager.save(checkpoint_number=int(self.agent_steps))
         except (tf.errors.OpError, OSError) as error:
             raise CheckpointWriteError(
-                f"Could not write a checkpoint to {logdir / 'checkpoints'}: "
+                f"Could not write a checkpoint to {self.logdir / 'checkpoints'}: "
                 f"{first_line(error)} The earlier checkpoints are intact (latest: "
                 f"{manager.latest_checkpoint}); free space and re-run the same command to resume."
             ) from error
 
-    logger = Logger(logdir)
-    metrics = MetricsAccumulator()
-    fps, ups = FPS(), FPS()  # env frames and updates per second
-    driver = Driver(env, num_envs, action_size)
-    driver.on_step.append(lambda tran, worker: replay.add_step(tran, worker))
-    # Count environment steps taken; the observation after a reset is not one.
-    driver.on_step.append(lambda tran, worker: tran["is_first"] or agent_steps.assign_add(1))
+    def agree_to_stop(self) -> None:
+        """A signal to one worker, or a preemption notice, stops all at this step."""
+        asked = self.stop_requested
+        if not asked and workers.preemption_noticed():
+            print("Preemption notice (SIGTERM) in the cluster: all workers stop here.")
+            asked = True
+        self.stop_requested = workers.max_over_workers(self.trainer.strategy, int(asked)) > 0
 
-    def on_train_episode(stats, worker):
-        logger.scalars({"return": stats["return"], "length": stats["length"]}, prefix="train")
+    # ------------------------------------------------------------------ helpers
 
-    driver.on_episode.append(on_train_episode)
-    total_agent_steps = steps // repeat
-    if not resumed and replay.total_episodes:
-        # Killed before its first checkpoint: the steps its stored episodes hold
-        # count (the released code counts its replay's steps the same way).
-        agent_steps.assign(replay.total_steps - replay.total_episodes)
-    rng = np.random.default_rng(worker_seed + int(agent_steps))
+    @property
+    def frame(self) -> int:
+        """Environment frames so far."""
+        return int(self.agent_steps) * self.repeat
 
-    # --- prefill with random actions --------------------------------------------
-    # As released: exactly `prefill` agent steps, and on until one episode has
-    # finished (sampling needs one). The unfinished episode is dropped.
-    if int(agent_steps) < prefill or replay.num_episodes == 0:
-        print(f"Prefill: {max(prefill - int(agent_steps), 0)} random agent steps.")
-        random_policy = lambda obs, state: (
-            random_actions(rng, num_envs, action_size, env.discrete),
-            None,
-        )
-        while int(agent_steps) < prefill or replay.num_episodes == 0:
-            driver.run(random_policy, steps=num_envs)
-        # Workers of a multi-worker run may end their prefill at different steps
-        # (waiting for an episode); every worker must then make the same updates
-        # and saves, which are collective: all continue to the latest.
-        target = _max_over_workers(trainer.strategy, int(agent_steps))
-        while int(agent_steps) < target:
-            driver.run(random_policy, steps=num_envs)
-        driver.reset()
-        replay.discard_unfinished()
+    def acting_policy(self, obs, state):
+        return self.agent.policy(obs, state, explore=True)
 
-    dataset = iter(replay.dataset(worker_batch, batch_length))
-    train_state = trainer.initial_state(worker_batch)  # per replica under a strategy
+    def request_stop(self, signum, frame) -> None:
+        self.stop_requested = True
 
-    def update() -> None:
-        nonlocal train_state
-        train_state, mets = trainer.train(next(dataset), train_state)
-        metrics.add({k: float(v) for k, v in mets.items()})
-        ups.update(1)
-        streak = int(trainer.nonfinite_streak.numpy())
-        if streak >= max_nonfinite_updates:
-            raise NonFiniteError(
-                f"{streak} consecutive updates had non-finite losses "
-                f"or gradients (see train/update_skipped in {logdir / 'metrics.jsonl'}); "
-                f"stopping with the last good checkpoint in {logdir / 'checkpoints'} intact."
-            )
-
-    if int(trainer.step.numpy()) == 0:
-        print(f"Pretrain: {pretrain} updates.")
-        for _ in range(pretrain):
-            update()
-
-    stop = {"now": False}
-
-    def request_stop(signum, frame):
-        stop["now"] = True
-
-    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    frame0 = int(agent_steps) * repeat
-    # The released code's grid: updates, logs and open-loop videos start on the
-    # first collection step; evaluations at the loop's first frame and every
-    # eval_every frames after it (a resumed run continues the grid of its last
-    # evaluation); checkpoints every checkpoint_every frames.
-    evaluated = eval_frames(logdir)
-    last_eval = evaluated[-1] if evaluated else None
-    should_train = Every(train_every)
-    should_log = Every(log_every)
-    should_video = Every(video_every)
-    should_eval = Every(eval_every, last=last_grid_point(evaluated, eval_every))
-    should_save = Every(checkpoint_every, last=frame0)
-    image_keys = trainer.world_model.decoder.cnn_keys
-    video_fn = tf.function(trainer.world_model.video_prediction)
-    video_batches = None  # its own stream, as the release's report dataset
-    eval_return = None
-
-    def acting_policy(obs, state):
-        return agent.policy(obs, state, explore=True)
-
-    def evaluate_at(frame: int) -> None:
-        nonlocal eval_return, last_eval
-        last_eval = frame
-        eval_return = evaluate(eval_env, agent, eval_episodes, logger)
-        logger.write(frame)
-
-    skip_final_checkpoint = failing = False
-    try:
-        while int(agent_steps) < total_agent_steps and not stop["now"]:
-            if should_eval(int(agent_steps) * repeat):
-                evaluate_at(int(agent_steps) * repeat)
-            fps.update(driver.run(acting_policy, steps=num_envs) * repeat)
-            frame = int(agent_steps) * repeat
-            if should_train(int(agent_steps)):
-                for _ in range(train_steps):
-                    update()
-            if should_log(frame):
-                write_logs(logger, metrics, fps, ups, replay, trainer, frame, steps)
-            if image_keys and should_video(frame):
-                if video_batches is None:
-                    video_batches = iter(replay.dataset(worker_batch, batch_length, prefetch=1))
-                batch = next(video_batches)
-                for key in image_keys:
-                    logger.video(f"openl_{key}", video_fn(batch, key).numpy())
-            if should_save(frame):
-                save_checkpoint()
-            if several_workers:  # a signal to one worker stops all at this step
-                asked = stop["now"]
-                if not asked and _preemption_noticed():
-                    print("Preemption notice (SIGTERM) in the cluster: all workers stop here.")
-                    asked = True
-                stop["now"] = _max_over_workers(trainer.strategy, int(asked)) > 0
-        frame = int(agent_steps) * repeat
-        if not stop["now"] and final_eval and eval_every and last_eval != frame:
-            # The policy the run finishes with (the one it exports) is evaluated
-            # at the budget; the release stops without evaluating it.
-            evaluate_at(frame)
-    except (NonFiniteError, CheckpointWriteError):
-        # A diverged run keeps its last good checkpoint as the latest; a failed
-        # write is not retried on the way out.
-        skip_final_checkpoint = True
-        raise
-    except BaseException:
-        failing = True
-        raise
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        frame = int(agent_steps) * repeat
+    def teardown(self, save: bool, failing: bool) -> None:
+        """The final checkpoint (unless the run diverged or a write failed), the
+        last logs, and the environments closed. A failed final write is raised
+        unless another error already stops the run (then it is a warning)."""
         final_error = None
-        if not skip_final_checkpoint:
+        if save:
             try:
-                save_checkpoint()
+                self.save_checkpoint()
             except CheckpointWriteError as error:
                 final_error = error
-        write_logs(logger, metrics, fps, ups, replay, trainer, frame, steps)
-        logger.close()
-        env.close()
-        eval_env.close()
+        self.write_logs()
+        self.logger.close()
+        self.env.close()
+        self.eval_env.close()
         if final_error is not None:
             if not failing:
                 raise final_error
             # Keep the error that stopped the run; this one is secondary.
             print(f"warning: {final_error}")
-    if stop["now"]:
-        print(f"Stopped by signal at env frame {frame}; checkpoint saved.")
-    elif export:
-        from tempo.export import export_policy
-
-        export_policy(agent, env.obs_space, logdir / "saved_model", {"task": task, **env_kwargs})
-    summary = {"step": frame, "updates": int(trainer.step.numpy()), "eval_return": eval_return}
-    (logdir / "summary.json").write_text(json.dumps(summary))
-    return summary
-
-
-# Seeds of worker w of a multi-worker run are offset by this much: beyond the
-# consecutive seeds of a worker's environments and its evaluation environment's
-# seed + 10,000, so that no two workers' environments share a seed.
-WORKER_SEED_STRIDE = 100_003
-
-
-def _max_over_workers(strategy, value: int) -> int:
-    """The largest `value` of any worker (a collective step under a strategy)."""
-    if strategy is None:
-        return value
-    per_replica = strategy.run(lambda: replicas.global_max(tf.constant(value, tf.int64)))
-    return int(strategy.experimental_local_results(per_replica)[0])
-
-
-def _restore_common_step(manager, checkpoint, agent_steps, strategy) -> str | None:
-    """On every worker of a multi-worker run, the newest checkpoint step that all
-    workers hold (one killed while the others saved may be a save behind) is
-    the one restored (a collective step). Returns the restored path, if any."""
-    path = manager.latest_checkpoint
-    latest = int(agent_steps)  # 0 without a checkpoint
-    common = -_max_over_workers(strategy, -latest)
-    if common == latest:
-        return path
-    numbered = {int(p.rsplit("-", 1)[1]): p for p in manager.checkpoints}
-    if common not in numbered:
-        raise ConfigError(
-            f"The newest step every worker has a checkpoint of is {common}, and this worker's "
-            f"{manager.directory} holds only steps {sorted(numbered)}: restore every worker's "
-            "checkpoints from one save, or start every worker with a new --logdir."
-        )
-    checkpoint.restore(numbered[common]).assert_existing_objects_matched()
-    return numbered[common]
-
-
-# TensorFlow's coordination service catches SIGTERM itself in a multi-worker run
-# (its preemption notifier) and then records the time under this key.
-_PREEMPTION_KEY = "TF_DEFAULT_PREEMPTION_NOTICE_KEY"
-
-
-def _preemption_noticed() -> bool:
-    """Whether the cluster's coordination service holds a preemption notice
-    (a SIGTERM that TensorFlow's handler, not ours, received)."""
-    from tensorflow.python.eager import context
-
-    try:
-        context.context().get_config_key_value(_PREEMPTION_KEY, timeout_in_ms=1)
-    except (tf.errors.DeadlineExceededError, tf.errors.NotFoundError, tf.errors.UnavailableError):
-        return False
-    return True
-
-
-def _num_workers(strategy) -> int:
-    """How many processes train together (1 without a multi-worker cluster)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type:
-        return 1
-    spec = resolver.cluster_spec()
-    return sum(spec.num_tasks(job) for job in ("chief", "worker") if job in spec.jobs)
-
-
-def _worker_index(strategy) -> int:
-    """0 for the chief (or one process), the task index of other workers."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type or resolver.task_type == "chief":
-        return 0
-    return int(resolver.task_id) + (1 if "chief" in resolver.cluster_spec().jobs else 0)
 
 
 def evaluate(env, agent: Agent, episodes: int, logger: Logger) -> float:
