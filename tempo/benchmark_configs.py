@@ -1,4 +1,4 @@
-"""The benchmark configurations at their reference sizes (DESIGN.md section 3).
+"""The benchmark configurations at their reference sizes (docs/design.md, section 3).
 
 Timing and gradient-variance tools build the trainer of one suite without an
 environment: its gin files, plus the observation shapes and action space that

@@ -1,4 +1,4 @@
-"""DreamerV2's actor-critic, trained on imagined rollouts (DESIGN.md step 7)."""
+"""DreamerV2's actor-critic, trained on imagined rollouts (docs/design.md, "One update", step 7)."""
 
 from __future__ import annotations
 

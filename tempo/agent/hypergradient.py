@@ -1,4 +1,4 @@
-"""The meta-weighter's hypergradient (DESIGN.md section 2, step 6).
+"""The meta-weighter's hypergradient (docs/design.md, "One update", step 6).
 
 h = (d/d theta_rep of dL_low/d alpha) . g_up, the mixed second derivative of
 the lower (weighted model) loss contracted with the upper (task-aware) gradient,

@@ -258,7 +258,7 @@ def weighted_model_loss(
     kl_free: float,
     kl_free_avg: bool,
 ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
-    """DESIGN.md step 4: L_low = sum_k scale_k * L_k + scale_kl * L_kl with
+    """docs/design.md, "One update", step 4: L_low = sum_k scale_k * L_k + scale_kl * L_kl with
     L_k = -mean(w * l_k) and the balanced KL weighted per sample."""
     losses = {}
     for key, like in likes.items():

@@ -45,7 +45,7 @@ __all__ = [
 
 SUITES = ("atari_", "dmc_", "gym_")
 
-# Per-suite defaults when ``action_repeat=None`` (the reference configs of DESIGN.md).
+# Per-suite defaults when ``action_repeat=None`` (docs/design.md, section 3).
 DEFAULT_ACTION_REPEAT = {"atari": 4, "dmc": 2, "gym": 1}
 ATARI_TIME_LIMIT = 27000  # agent steps, i.e. 108k frames (30 minutes of play)
 
