@@ -29,9 +29,15 @@ DreamerV2; its train.py leaves the line commented out), --mode tempo with
 `tempo.plotting.load_run` how to read the release's metrics.jsonl and replay
 (method `released-dreamerv2` or `released-tempo`).
 
-The release resumes only partly (its weights from variables_backup.pkl, not its
-optimizers, and its step counter from the episodes its replay stored), so a
-run is made in one sitting: the script refuses a logdir that holds one.
+The release resumes only partly: its weights from `variables_backup.pkl` (not
+its optimizers' moments), its step counter from the episodes its replay holds
+(those collected after its last save included). So that a run can be stopped
+(any signal; it loses what came after its last save, every 5k frames) and
+continued, this script saves the optimizers' variables with the weights
+(atomically), and on a restart gives the release its last save as the backup
+it loads and moves the episodes stored after that save aside
+(`train_episodes/after_last_save/`): it continues from its saved step with the
+replay it had then. What is not restored is its stateful random streams.
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ import json
 import logging
 import os
 import pathlib
+import pickle
+import shutil
 import sys
 import time
 import warnings
@@ -55,6 +63,58 @@ MARKER = "released_run.json"
 
 class BudgetReached(Exception):
     """Raised by the step counter one agent step after the budget's evaluation."""
+
+
+def make_resumable(agent_class, optimizer_class, counter, logdir: pathlib.Path) -> None:
+    """The release's Agent.save / load with its optimizers' variables, written
+    atomically, and the step of the save recorded beside it."""
+
+    def optimizer_variables(agnt) -> list:
+        optimizers = [m for m in agnt.submodules if isinstance(m, optimizer_class)]
+        return [v for opt in optimizers for v in opt._opt.variables()]
+
+    def save(self, filename) -> None:
+        values = {
+            "variables": [v.numpy() for v in self.variables],
+            "optimizers": [v.numpy() for v in optimizer_variables(self)],
+            "step": int(counter()),
+        }
+        temporary = pathlib.Path(str(filename) + ".tmp")
+        with temporary.open("wb") as f:
+            pickle.dump(values, f)
+        os.replace(temporary, filename)
+
+    def load(self, filename) -> None:
+        with pathlib.Path(filename).open("rb") as f:
+            values = pickle.load(f)
+        for variable, value in zip(self.variables, values["variables"], strict=True):
+            variable.assign(value)
+        for variable, value in zip(optimizer_variables(self), values["optimizers"], strict=True):
+            variable.assign(value)
+        print(f"Resumed the release's weights and optimizers at agent step {values['step']}.")
+
+    agent_class.save, agent_class.load = save, load
+
+
+def rewind_to_last_save(logdir: pathlib.Path) -> int | None:
+    """Before a restart: the last save becomes the backup the release loads, and
+    episodes stored after it move aside. Returns the saved agent step (None:
+    nothing saved yet, the run starts over)."""
+    saved = logdir / "variables.pkl"
+    if not saved.exists():
+        return None
+    with saved.open("rb") as f:
+        step = int(pickle.load(f)["step"])
+    shutil.copyfile(saved, logdir / "variables_backup.pkl")
+    episodes = sorted((logdir / "train_episodes").glob("*.npz"))
+    aside = logdir / "train_episodes" / "after_last_save"
+    total = 0
+    for path in episodes:
+        total += int(path.stem.rsplit("-", 1)[1])  # its names count agent steps
+        if total > step:
+            aside.mkdir(exist_ok=True)
+            os.replace(path, aside / path.name)
+    return step
 
 
 def release_argv(args: argparse.Namespace, train_file: str, repeat: int) -> list[str]:
@@ -92,8 +152,15 @@ def main() -> None:
     args = parser.parse_args()
 
     logdir = pathlib.Path(args.logdir).expanduser()
+    marker_path = logdir / MARKER
+    if marker_path.exists() and json.loads(marker_path.read_text()).get("finished"):
+        print(f"released run already finished: {logdir}")
+        return
+    resume_step = None
     if (logdir / "train_episodes").exists():
-        parser.error(f"{logdir} holds a release run; the release cannot resume it fully")
+        resume_step = rewind_to_last_save(logdir)
+        if resume_step is None:
+            parser.error(f"{logdir} holds a release run that never saved: remove it to start over")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     logging.getLogger().setLevel("ERROR")
     warnings.filterwarnings("ignore")
@@ -119,6 +186,15 @@ def main() -> None:
             super().increment(amount)
 
     common.Counter = BudgetCounter
+    counters = []
+
+    class RecordedCounter(BudgetCounter):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            counters.append(self)
+
+    common.Counter = RecordedCounter
+    make_resumable(agent.Agent, common.Optimizer, lambda: int(counters[0]), logdir)
     if args.mode == "dreamerv2":
         agent.Agent.train = agent.Agent.train_without_meta
     logdir.mkdir(parents=True, exist_ok=True)
@@ -136,7 +212,9 @@ def main() -> None:
         "tf": tf.__version__,
         "intra_op_threads": os.environ.get("TF_NUM_INTRAOP_THREADS", "default"),
     }
-    (logdir / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
+    if resume_step is not None:
+        marker = {**json.loads(marker_path.read_text()), "resumed_at": resume_step}
+    marker_path.write_text(json.dumps(marker, indent=1) + "\n")
     sys.argv = release_argv(args, str(pathlib.Path(train.__file__)), repeat)
     start = time.time()
     finished = False
@@ -144,8 +222,9 @@ def main() -> None:
         train.main()
     except BudgetReached:
         finished = True
-    marker.update(finished=finished, wall_s=round(time.time() - start, 1))
-    (logdir / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
+    marker = json.loads(marker_path.read_text())
+    marker.update(finished=finished, wall_s=round(marker.get("wall_s", 0) + time.time() - start, 1))
+    marker_path.write_text(json.dumps(marker, indent=1) + "\n")
     print(f"released run {'finished' if finished else 'stopped'}: {logdir}", flush=True)
 
 
