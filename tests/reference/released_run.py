@@ -35,9 +35,11 @@ its optimizers' moments), its step counter from the episodes its replay holds
 (any signal; it loses what came after its last save, every 5k frames) and
 continued, this script saves the optimizers' variables with the weights
 (atomically), and on a restart gives the release its last save as the backup
-it loads and moves the episodes stored after that save aside
-(`train_episodes/after_last_save/`): it continues from its saved step with the
-replay it had then. What is not restored is its stateful random streams.
+it loads, moves the episodes stored after that save aside
+(`train_episodes/after_last_save/`) and starts its step counter there: it
+continues from its saved step, on its evaluation grid, with the replay it had
+then (less the episode the save fell inside, if any). What is not restored is
+its stateful random streams.
 """
 
 from __future__ import annotations
@@ -176,6 +178,8 @@ def main() -> None:
 
     repeat = make_config(common, "dmc_proprio", None).action_repeat
     last_step = args.steps // repeat
+    if (last_step - args.prefill) % (args.eval_every // repeat):
+        parser.error("the budget must lie on the evaluation grid: prefill + k * eval_every")
 
     class BudgetCounter(common.Counter):
         """The release's agent-step counter; its loop ends one step past the budget."""
@@ -189,8 +193,12 @@ def main() -> None:
     counters = []
 
     class RecordedCounter(BudgetCounter):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
+        """Its count starts at the saved step on a restart (the release would
+        start at the steps of the episodes it stored, which puts its
+        evaluation grid off the saved one when a save falls inside an episode)."""
+
+        def __init__(self, initial: int = 0):
+            super().__init__(initial if resume_step is None else resume_step)
             counters.append(self)
 
     common.Counter = RecordedCounter
