@@ -1,6 +1,6 @@
 """The compiled bi-level TEMPO trainer; with `meta=False` it is plain DreamerV2.
 
-`BilevelTrainer.train` runs one update of DESIGN.md section 2, each step a
+`BilevelTrainer.train` runs one update (docs/design.md, "One update"), each step a
 named method: infer, task-aware (upper) loss, meta weights, weighted (lower)
 loss, model step, meta step (hypergradient), behaviour step.
 """
@@ -267,12 +267,8 @@ class BilevelTrainer(tf.Module):
         wm = self.world_model
         metrics = {}
         if self.meta:
-            two = self.posterior_passes == 2
-            upper_seed = split_seed(seed, 1)[0] if two else seed
-            embed, post, prior = wm.infer(data, state, upper_seed)
-            upper, v_post_n, v_prior_n = self.task_aware_loss(post, prior)
-            if two:
-                _, post, prior = wm.infer(data, state, seed, embed=embed)
+            value_post, value_prior, post, prior = self.posterior_passes_of(data, state, seed)
+            upper, v_post_n, v_prior_n = self.task_aware_loss(value_post, value_prior)
             weights = self.meta_weights(post, prior, v_post_n, v_prior_n)
             metrics.update(meta_metrics(weights, upper, self.value_norm))
         else:
@@ -284,21 +280,44 @@ class BilevelTrainer(tf.Module):
         metrics.update(wm.latent_entropies(post, prior))
         return lower, upper, {"post": post, "prior": prior, "metrics": metrics}
 
+    def posterior_passes_of(
+        self, data: dict, state: State, seed=None
+    ) -> tuple[State, State, State, State]:
+        """Step 1 as TEMPO runs it: (post, prior) of the pass that gives the values
+        and the upper loss, then of the pass that gives the weights and the lower
+        loss (the same pass with `posterior_passes = 1`). One method, so that an
+        analysis of the weights draws exactly the update's samples for a seed."""
+        wm = self.world_model
+        if self.posterior_passes == 1:
+            _, post, prior = wm.infer(data, state, seed)
+            return post, prior, post, prior
+        embed, value_post, value_prior = wm.infer(data, state, split_seed(seed, 1)[0])
+        _, post, prior = wm.infer(data, state, seed, embed=embed)
+        return value_post, value_prior, post, prior
+
     def task_aware_loss(self, post: State, prior: State) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """Step 2: L_up = mean((v_post_n - v_prior_n)^2) under V_slow, with the two
         value sets normalized together by batch statistics."""
-        rssm, critic = self.world_model.rssm, self.behavior.slow_critic
-        v_post = critic(rssm.get_feat(post)).mode()
-        v_prior = critic(rssm.get_feat(prior)).mode()
-        v_post_n, v_prior_n = self.normalize_values(v_post, v_prior)
+        v_post_n, v_prior_n = self.normalize_values(*self.slow_values(post, prior))
         return tf.reduce_mean(tf.square(v_post_n - v_prior_n)), v_post_n, v_prior_n
 
-    def normalize_values(self, v_post: tf.Tensor, v_prior: tf.Tensor) -> tuple:
-        """The two value sets standardized together (batch statistics)."""
-        return self.value_norm.normalize(v_post, v_prior, training=True)
+    def slow_values(self, post: State, prior: State) -> tuple[tf.Tensor, tf.Tensor]:
+        """V_slow of the posterior and of the prior features, [B, T] each."""
+        rssm, critic = self.world_model.rssm, self.behavior.slow_critic
+        return critic(rssm.get_feat(post)).mode(), critic(rssm.get_feat(prior)).mode()
 
-    def meta_weights(self, post: State, prior: State, v_post_n, v_prior_n) -> tf.Tensor:
-        """Step 3: w = N(sg(deter, post stats, prior stats, normalized values)), [B, T]."""
+    def normalize_values(
+        self, v_post: tf.Tensor, v_prior: tf.Tensor, training: bool = True
+    ) -> tuple:
+        """The two value sets standardized together (batch statistics; the moving
+        ones with `training=False`, which only an analysis asks for)."""
+        return self.value_norm.normalize(v_post, v_prior, training=training)
+
+    def meta_weights(
+        self, post: State, prior: State, v_post_n, v_prior_n, training: bool = True
+    ) -> tf.Tensor:
+        """Step 3: w = N(sg(deter, post stats, prior stats, normalized values)), [B, T]
+        (N's batch norm on batch statistics; the moving ones with `training=False`)."""
         rssm = self.world_model.rssm
         dtype = self.meta_weighter.compute_dtype
         parts = [
@@ -309,7 +328,7 @@ class BilevelTrainer(tf.Module):
             v_prior_n[..., None],
         ]
         inputs = tf.concat([tf.cast(p, dtype) for p in parts], -1)
-        return self.meta_weighter(tf.stop_gradient(inputs), training=True)
+        return self.meta_weighter(tf.stop_gradient(inputs), training=training)
 
     def model_step(self, grads) -> tf.Tensor:
         """Step 5: Adam on theta with the lower-loss gradient."""
