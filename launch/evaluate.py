@@ -29,7 +29,9 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if bool(FLAGS.logdir) == bool(FLAGS.saved_model):
         raise app.UsageError("Give exactly one of --logdir or --saved_model.")
-    from launch.common import quiet_logs
+    from launch.common import import_tensorflow_quietly, quiet_logs
+
+    import_tensorflow_quietly()
     from tempo import configurables
     from tempo.errors import ConfigError
     from tempo.evaluation import evaluate_checkpoint, evaluate_saved_model

@@ -22,7 +22,9 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from launch.common import quiet_logs
+    from launch.common import import_tensorflow_quietly, quiet_logs
+
+    import_tensorflow_quietly()
     from tempo import configurables
     from tempo.errors import ConfigError
     from tempo.evaluation import make_env_batch, restore_agent

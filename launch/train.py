@@ -6,6 +6,11 @@ r"""Train TEMPO (or DreamerV2 with --meta=false) on Atari, DMC or a gymnasium en
 The convenience flags override the gin files and --gin_param bindings. The
 configuration is written to <logdir>/config.gin and operative_config.gin. Re-running with the
 same --logdir resumes from the latest checkpoint and the replay on disk.
+
+The terminal shows one compact progress line per log (--verbose: every metric),
+and the run ends with one line: finished (frames, final evaluation, where the
+outputs are), stopped by a signal (the checkpoint, the command to resume) or
+`error: ...` (exit code 1).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ flags.DEFINE_string("task", None, "e.g. dmc_walker_walk, atari_pong, gym_CartPol
 flags.DEFINE_integer("seed", None, "Random seed.")
 flags.DEFINE_integer("steps", None, "Environment frames to train for.")
 flags.DEFINE_bool("meta", None, "True: TEMPO; false: DreamerV2 (same code, no meta-weighting).")
+flags.DEFINE_bool("verbose", None, "Print every metric at each log, not the compact line.")
 flags.mark_flag_as_required("logdir")
 FLAGS = flags.FLAGS
 
@@ -41,6 +47,8 @@ def overrides() -> list[str]:
         bindings.append(f"train.steps = {FLAGS.steps}")
     if FLAGS.meta is not None:
         bindings.append(f"BilevelTrainer.meta = {FLAGS.meta}")
+    if FLAGS.verbose is not None:
+        bindings.append(f"train.verbose = {FLAGS.verbose}")
     return bindings
 
 
@@ -59,10 +67,13 @@ def write_config(logdir: str) -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from launch.common import quiet_logs
+    from launch.common import import_tensorflow_quietly, quiet_logs
+
+    import_tensorflow_quietly()
+    from launch.ending import end_line, python_command
     from tempo import configurables
     from tempo.envs import EnvWorkerError
-    from tempo.errors import CheckpointWriteError, ConfigError, NonFiniteError
+    from tempo.errors import CheckpointWriteError, ConfigError, NonFiniteError, PeerLostError
     from tempo.replay import ReplayWriteError
     from tempo.run import first_line
 
@@ -72,13 +83,27 @@ def main(argv):
     except ValueError as error:
         sys.exit(f"error: {first_line(error)}")
     stops = (ConfigError, NonFiniteError, CheckpointWriteError, ReplayWriteError)
+    this_command = python_command("launch.train", sys.argv[1:])
     try:
         summary = configurables.train(FLAGS.logdir, on_start=write_config)
     except EnvWorkerError as error:  # keeps the worker's traceback
         sys.exit(f"error: {error}")
     except stops as error:
         sys.exit(f"error: {first_line(error)}")
-    print(f"Done: {summary}")
+    except PeerLostError as error:
+        print(f"error: {first_line(error)} This worker's command: {this_command}", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Everything of ours is written; TensorFlow's own shutdown would wait 30-60 s
+        # for the lost worker.
+        os._exit(1)
+    except KeyboardInterrupt:  # outside the loop, which stops at a signal by itself
+        sys.stderr.write(
+            "Interrupted; the latest checkpoint, if any, and the replay's finished episodes "
+            f"are kept. Run the same command to go on: {this_command}\n"
+        )
+        sys.exit(130)
+    print(end_line(summary, this_command))
 
 
 if __name__ == "__main__":

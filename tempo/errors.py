@@ -12,3 +12,9 @@ class NonFiniteError(RuntimeError):
 class CheckpointWriteError(OSError):
     """A checkpoint could not be written (disk full, I/O error); the earlier
     checkpoints are untouched and the run can resume from the latest of them."""
+
+
+class PeerLostError(RuntimeError):
+    """Another worker of a multi-worker run died or became unreachable, so no
+    collective step can complete; every worker must be restarted, and all
+    resume from the newest checkpoint that each of them holds."""

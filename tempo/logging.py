@@ -3,8 +3,9 @@
 The loop collects scalars, images and videos on a `Logger` and calls
 `write(step)` every so often; each output then receives the same snapshot. The
 JSONL file is the durable record (append-only, flushed per line, strict JSON),
-TensorBoard is for looking at curves and open-loop videos, and the terminal
-line is for a human watching the run.
+TensorBoard is for looking at curves and open-loop videos (and histograms and
+markdown texts, which only it receives), and the terminal line is for a human
+watching the run.
 """
 
 from __future__ import annotations
@@ -219,6 +220,23 @@ class TensorBoardOutput:
                 tf.summary.image(key, image[None], max_outputs=1)
         self._writer.flush()
 
+    def write_histograms_and_texts(
+        self, step: int, histograms: dict[str, np.ndarray], texts: dict[str, str]
+    ) -> None:
+        """Distributions and markdown at `step`: what only TensorBoard can show."""
+        if not histograms and not texts:
+            return
+        import tensorflow as tf
+
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(self._logdir)
+        with self._writer.as_default(step=int(step)):
+            for key, values in histograms.items():
+                tf.summary.histogram(key, values)
+            for key, text in texts.items():
+                tf.summary.text(key, text)
+        self._writer.flush()
+
     def close(self) -> None:
         """Flushes and closes the event file if one was opened."""
         if self._writer is not None:
@@ -307,6 +325,8 @@ class Logger:
         self.outputs = list(outputs)
         self._scalars: dict[str, float] = {}
         self._images: dict[str, np.ndarray] = {}
+        self._histograms: dict[str, np.ndarray] = {}
+        self._texts: dict[str, str] = {}
 
     def scalar(self, name: str, value: Any) -> None:
         """Records a number for the next write (a later value of the same name
@@ -328,6 +348,16 @@ class Logger:
         except ValueError as error:
             raise ValueError(f"image {name!r}: {error}") from None
 
+    def histogram(self, name: str, values: Any) -> None:
+        """Records the distribution of an array's finite values (TensorBoard only:
+        outputs with a `write_histograms_and_texts` method receive it)."""
+        values = np.asarray(values.numpy() if hasattr(values, "numpy") else values, np.float64)
+        self._histograms[name] = values[np.isfinite(values)].ravel()
+
+    def text(self, name: str, markdown: str) -> None:
+        """Records a markdown text, e.g. a table (TensorBoard only, as `histogram`)."""
+        self._texts[name] = str(markdown)
+
     def video(self, name: str, array: Any) -> None:
         """Records TxHxWxC (or TxHxW) frames as one image strip, frames side by
         side: the DreamerV2 open-loop format, viewable in TensorBoard's image tab
@@ -347,9 +377,12 @@ class Logger:
         """Sends everything recorded since the last write to every output at
         `step`, then starts collecting afresh."""
         scalars, images = self._scalars, self._images
-        self._scalars, self._images = {}, {}
+        histograms, texts = self._histograms, self._texts
+        self._scalars, self._images, self._histograms, self._texts = {}, {}, {}, {}
         for output in self.outputs:
             output.write(int(step), dict(scalars), dict(images))
+            if hasattr(output, "write_histograms_and_texts"):
+                output.write_histograms_and_texts(int(step), dict(histograms), dict(texts))
 
     def close(self) -> None:
         """Closes every output; anything recorded but not written is dropped."""

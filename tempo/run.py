@@ -17,6 +17,7 @@ frame and every `eval_every` frames after it, and once more at the budget
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import pathlib
@@ -32,11 +33,21 @@ from tempo.agent.bilevel import BilevelTrainer
 from tempo.agent.builder import build_trainer
 from tempo.driver import Driver
 from tempo.envs import DEFAULT_ACTION_REPEAT, EnvWorkerError, make_batch_env
-from tempo.errors import CheckpointWriteError, ConfigError, NonFiniteError
+from tempo.errors import CheckpointWriteError, ConfigError, NonFiniteError, PeerLostError
 from tempo.evaluation import RESERVED, run_episodes
-from tempo.logging import FPS, Logger, MetricsAccumulator, read_records
+from tempo.logging import (
+    FPS,
+    JSONLOutput,
+    Logger,
+    MetricsAccumulator,
+    TensorBoardOutput,
+    TerminalOutput,
+    read_records,
+)
+from tempo.progress import ProgressOutput
 from tempo.replay import Replay
 from tempo.schedule import Every
+from tempo.weight_summaries import WeightSummaries
 
 
 def train(
@@ -65,6 +76,7 @@ def train(
     final_eval: bool = True,
     eval_state_mean: bool = False,
     log_every: int = 1_000,
+    verbose: bool = False,
     video_every: int = 10_000,
     checkpoint_every: int = 10_000,
     export: bool = True,
@@ -83,6 +95,9 @@ def train(
     released code does; `eval_state_mean` uses the latent's mode instead (the
     exported policy always does). `final_eval` evaluates the finished policy
     at the budget's frame too, unless the grid just did.
+
+    The terminal shows one compact progress line per log (`tempo.progress`);
+    `verbose` prints every metric instead, as metrics.jsonl records them.
 
     `env_options` are the suite's own options (`tempo.envs.make_env`), e.g.
     ``{'proprio_keys': 'all'}`` to feed DMC's scalar and matrix observations too.
@@ -124,6 +139,7 @@ class RunSettings:
     final_eval: bool
     eval_state_mean: bool
     log_every: int
+    verbose: bool
     video_every: int
     checkpoint_every: int
     export: bool
@@ -138,7 +154,8 @@ class Run:
         self.logdir = logdir
         self.s = settings
         self.trainer_fn = trainer_fn
-        self.stop_requested = False
+        self.stop_requested = False  # the loop stops (every worker agreed)
+        self.stop_asked = False  # a signal came to this process
         self.eval_return: float | None = None
 
     # ------------------------------------------------------------------ phases
@@ -148,10 +165,17 @@ class Run:
         self.restore()
         if on_start is not None:
             on_start(str(self.logdir))
-        self.connect()
-        self.prefill()
-        self.pretrain()
-        self.collect_and_update()
+        try:
+            self.connect()
+            self.prefill()
+            self.pretrain()
+            self.collect_and_update()
+        except BaseException as error:
+            lost = self.peer_lost(error)
+            self.record_failure(lost or error)
+            if lost is not None:
+                raise lost from error
+            raise
         return self.finish()
 
     def build(self) -> None:
@@ -271,7 +295,12 @@ class Run:
 
     def connect(self) -> None:
         """The logger, the metrics and the driver that feeds replay and step count."""
-        self.logger = Logger(self.logdir)
+        terminal = TerminalOutput()
+        if not self.s.verbose:
+            earlier = read_records(self.logdir / "metrics.jsonl")  # a resumed run's
+            terminal = ProgressOutput(self.s.steps, earlier=earlier)
+        outputs = [terminal, JSONLOutput(self.logdir), TensorBoardOutput(self.logdir)]
+        self.logger = Logger(self.logdir, outputs)
         self.metrics = MetricsAccumulator()
         self.fps, self.ups = FPS(), FPS()  # env frames and updates per second
         self.driver = Driver(self.env, self.s.num_envs, self.action_size)
@@ -328,6 +357,7 @@ class Run:
             sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)
         }
         self.start_duties()
+        self.fps, self.ups = FPS(), FPS()  # the loop's rates, without the start-up's time
         skip_final_checkpoint = failing = False
         try:
             while int(self.agent_steps) < s.steps // self.repeat and not self.stop_requested:
@@ -346,8 +376,10 @@ class Run:
             # write is not retried on the way out.
             skip_final_checkpoint = True
             raise
-        except BaseException:
+        except BaseException as error:
             failing = True
+            # Saving is collective: without every worker it cannot complete.
+            skip_final_checkpoint = self.peer_lost(error) is not None
             raise
         finally:
             for sig, handler in previous.items():
@@ -356,18 +388,33 @@ class Run:
 
     def finish(self) -> dict:
         """The export (unless stopped by a signal) and the summary."""
-        frame = self.frame
-        if self.stop_requested:
-            print(f"Stopped by signal at env frame {frame}; checkpoint saved.")
-        elif self.s.export:
+        saved_model = None
+        if not self.stop_requested and self.s.export:
             from tempo.export import export_policy
 
+            saved_model = self.logdir / "saved_model"
             metadata = {"task": self.s.task, **self.env_kwargs}
-            export_policy(self.agent, self.env.obs_space, self.logdir / "saved_model", metadata)
+            export_policy(self.agent, self.env.obs_space, saved_model, metadata)
+        ended = "stopped" if self.stop_requested else "finished"
+        return self.write_summary(ended, saved_model=saved_model and str(saved_model))
+
+    def record_failure(self, error: BaseException) -> None:
+        """summary.json of a failed run, unless that write fails too (a full
+        disk): the error that stopped the run is the one to report."""
+        with contextlib.suppress(OSError):
+            self.write_summary("failed", error=first_line(error))
+
+    def write_summary(self, ended: str, **details) -> dict:
+        """summary.json, the machine-readable end: `ended` is 'finished', 'stopped'
+        (by a signal, with a checkpoint) or 'failed' (with the `error`)."""
         summary = {
-            "step": frame,
+            "ended": ended,
+            "step": self.frame,
             "updates": int(self.trainer.step.numpy()),
             "eval_return": self.eval_return,
+            "logdir": str(self.logdir),
+            "checkpoint": self.manager.latest_checkpoint,
+            **details,
         }
         (self.logdir / "summary.json").write_text(json.dumps(summary))
         return summary
@@ -390,14 +437,23 @@ class Run:
         self.image_keys = self.trainer.world_model.decoder.cnn_keys
         self.video_fn = tf.function(self.trainer.world_model.video_prediction)
         self.video_batches = None  # its own stream, as the release's report dataset
+        # The meta-weighter's choices, on the video grid (DreamerV2 runs too: their
+        # untrained weighter is the baseline); one forward pass, no update.
+        self.should_weigh = Every(s.video_every)
+        self.weight_summaries = WeightSummaries(
+            self.trainer, self.worker_batch, s.batch_length, self.worker_seed, self.image_keys
+        )
 
     def after_step(self) -> None:
         """What follows a collection step, in the release's order: updates, then
-        the log; then the video, the checkpoint and a multi-worker stop."""
+        the log; then the video, the checkpoint and a multi-worker stop. The
+        weight analysis comes before the log, so its scalars share that record."""
         frame = self.frame
         if self.should_train(int(self.agent_steps)):
             for _ in range(self.s.train_steps):
                 self.update()
+        if self.should_weigh(frame):
+            self.log_weights()
         if self.should_log(frame):
             self.write_logs()
         if self.image_keys and self.should_video(frame):
@@ -427,6 +483,9 @@ class Run:
         self.logger.write(self.frame)
 
     def write_logs(self) -> None:
+        restarts = getattr(self.env, "restarts", None)  # environment worker processes
+        if restarts is not None:
+            self.logger.scalar("env_restarts", restarts)  # since this process started
         write_logs(
             self.logger,
             self.metrics,
@@ -437,6 +496,11 @@ class Run:
             self.frame,
             self.s.steps,
         )
+
+    def log_weights(self) -> None:
+        """The meta-weighter's choices on replay windows that no update consumes
+        (`tempo.weight_summaries`): histogram, correlations, extreme steps."""
+        self.weight_summaries(self.replay.episodes(), self.logger)
 
     def log_video(self) -> None:
         """Open-loop predictions on a batch of its own replay stream."""
@@ -460,11 +524,13 @@ class Run:
             ) from error
 
     def agree_to_stop(self) -> None:
-        """A signal to one worker, or a preemption notice, stops all at this step."""
-        asked = self.stop_requested
+        """A signal to one worker, or a preemption notice, stops all at this step;
+        one that comes during the vote (the handler runs inside the collective)
+        counts at the next step's."""
+        asked = self.stop_asked
         if not asked and workers.preemption_noticed():
             print("Preemption notice (SIGTERM) in the cluster: all workers stop here.")
-            asked = True
+            asked = self.stop_asked = True
         self.stop_requested = workers.max_over_workers(self.trainer.strategy, int(asked)) > 0
 
     # ------------------------------------------------------------------ helpers
@@ -477,8 +543,27 @@ class Run:
     def acting_policy(self, obs, state):
         return self.agent.policy(obs, state, explore=True)
 
+    def peer_lost(self, error: BaseException) -> PeerLostError | None:
+        """A collective step that failed because another worker of a multi-worker
+        run is gone, as an error that says what was lost and what to do; None
+        for any other error."""
+        peer = workers.lost_peer(error, self.trainer.strategy) if self.several_workers else None
+        if peer is None:
+            return None
+        latest = self.manager.latest_checkpoint
+        kept = "none was written yet"
+        if latest:
+            kept = f"{latest}, env frame {int(latest.rsplit('-', 1)[1]) * self.repeat}"
+        return PeerLostError(
+            f"Lost {peer} of this multi-worker run; this worker stopped at env frame "
+            f"{self.frame}, and the training since its last checkpoint ({kept}) is lost. "
+            "Restart every worker: they resume from the newest checkpoint all of them hold."
+        )
+
     def request_stop(self, signum, frame) -> None:
-        self.stop_requested = True
+        self.stop_asked = True
+        if not self.several_workers:  # otherwise all decide together (agree_to_stop)
+            self.stop_requested = True
 
     def teardown(self, save: bool, failing: bool) -> None:
         """The final checkpoint (unless the run diverged or a write failed), the

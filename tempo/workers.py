@@ -7,6 +7,8 @@ here answers as for a single worker (index 0, one worker, values unchanged).
 
 from __future__ import annotations
 
+import re
+
 import tensorflow as tf
 
 from tempo import replicas
@@ -61,6 +63,46 @@ def preemption_noticed() -> bool:
     except (tf.errors.DeadlineExceededError, tf.errors.NotFoundError, tf.errors.UnavailableError):
         return False
     return True
+
+
+# What TensorFlow says when a collective or the coordination service lost a peer:
+# its connection reset or closed, its heartbeats stopped, or the collectives of
+# the group were aborted because of one of those.
+_PEER_LOSS_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.InternalError)
+_PEER_LOSS_SIGNS = (
+    "Collective ops is aborted",
+    "Connection reset by peer",
+    "Socket closed",
+    "heartbeat timeout",
+    "failed to connect to all addresses",
+    "coordination service has stopped",
+)
+
+
+def lost_peer(error: BaseException, strategy) -> str | None:
+    """Which other worker `error` says was lost ('worker 1'), 'a peer worker'
+    when TensorFlow names none, or None when `error` is not a lost peer."""
+    if not isinstance(error, _PEER_LOSS_ERRORS):
+        return None
+    text = str(error)
+    if not any(sign in text for sign in _PEER_LOSS_SIGNS):
+        return None
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return "a peer worker"
+    me = (resolver.task_type, int(resolver.task_id))
+    named = {
+        (job, int(index)) for job, index in re.findall(r"/job:(\w+)/replica:\d+/task:(\d+)", text)
+    }
+    for job, addresses in resolver.cluster_spec().as_dict().items():
+        for index, address in enumerate(addresses):
+            if re.search(re.escape(address) + r"(?!\d)", text):
+                named.add((job, index))
+    named.discard(me)
+    if len(named) != 1:
+        return "a peer worker"
+    job, index = named.pop()
+    return f"{job} {index}"
 
 
 def num_workers(strategy) -> int:

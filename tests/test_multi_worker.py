@@ -10,6 +10,7 @@ import json
 import os
 import pathlib
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -68,9 +69,9 @@ def test_two_workers_train_in_lockstep_stop_together_and_resume(tmp_path):
     stopped = []
     for p, out in zip(procs, outputs):
         assert p.returncode == 0, out[-3000:]
-        match = re.search(r"Stopped by signal at env frame (\d+); checkpoint saved", out)
+        match = re.search(r"Stopped by signal at env frame ([\d,]+); checkpoint saved", out)
         assert match, out[-3000:]
-        stopped.append(int(match.group(1)))
+        stopped.append(int(match.group(1).replace(",", "")))
     assert stopped[0] == stopped[1] < 300, stopped
     saved = [
         [
@@ -98,7 +99,7 @@ def test_two_workers_train_in_lockstep_stop_together_and_resume(tmp_path):
         assert p.returncode == 0, out[-3000:]
         assert f"ckpt-{common} at env frame {common}." in out, out[-3000:]
         assert "Prefill" not in out, out[-3000:]
-        assert "Done: {'step': 300" in out, out[-3000:]
+        assert "\nFinished 300 env frames; " in out, out[-3000:]
 
     # Each writes its logs, replay, checkpoint (saving is collective) and export:
     # the chief in --logdir, the other worker in <logdir>/worker1.
@@ -146,3 +147,47 @@ def test_a_worker_whose_peer_never_comes_stops_with_a_message(tmp_path, index):
     assert f"worker {index} could not reach every worker" in out, out[-3000:]
     assert "make_strategy.connect_timeout_s" in out
     assert not (tmp_path / "run").exists()  # nothing was written
+
+
+@pytest.mark.slow
+def test_a_lost_worker_ends_the_other_with_one_line_and_the_same_commands_resume(tmp_path):
+    """Worker 1 killed mid-run (SIGKILL: no chance to say goodbye): the chief's
+    next collective fails, and it ends within a minute with one line naming the
+    lost worker, its last checkpoint and its command; both restarted with the same
+    commands resume from the newest checkpoint they both hold and finish."""
+    import tensorflow as tf
+
+    logdir = tmp_path / "run"
+    cluster = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    procs = [start_worker(logdir, cluster, i, 300) for i in range(2)]
+    deadline = time.monotonic() + 600
+    index = logdir / "checkpoints" / "checkpoint"
+    while not (index.exists() and any(f >= 160 for f in logged_frames(logdir / "metrics.jsonl"))):
+        assert time.monotonic() < deadline and procs[0].poll() is None, "no checkpoint"
+        time.sleep(0.2)
+    procs[1].kill()
+    killed = time.monotonic()
+    out = procs[0].communicate(timeout=300)[0]
+    procs[1].communicate()
+    assert time.monotonic() - killed < 60
+    assert procs[0].returncode == 1, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    errors = [line for line in out.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, out[-3000:]
+    latest = tf.train.latest_checkpoint(str(logdir / "checkpoints"))
+    saved = int(latest.rsplit("-", 1)[1])
+    assert errors[0].startswith("error: Lost worker 1 of this multi-worker run; "), errors[0]
+    assert f"since its last checkpoint ({latest}, env frame {saved}) is lost." in errors[0]
+    python = os.path.relpath(sys.executable, ROOT)  # as launch.ending names it
+    python = sys.executable if python.startswith("..") else python
+    command = shlex.join([python, *procs[0].args[1:]])
+    assert errors[0].endswith(f"This worker's command: {command}"), errors[0]
+    summary = json.loads((logdir / "summary.json").read_text())
+    assert summary["ended"] == "failed" and summary["checkpoint"] == latest
+
+    procs = [start_worker(logdir, cluster, i, 300) for i in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out[-3000:]
+        assert re.search(r"Resumed from \S+ckpt-(\d+) at env frame \1\.", out), out[-3000:]
+        assert "\nFinished 300 env frames; " in out, out[-3000:]

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import shlex
 import signal
 import subprocess
 import sys
@@ -65,7 +66,7 @@ POLICY_SCRIPT = textwrap.dedent(
 
 def test_gym_run_leaves_a_complete_logdir_and_a_standalone_policy(tmp_path):
     logdir = tmp_path / "run"
-    launch(
+    out = launch(
         logdir,
         "--task=gym_CartPole-v1",
         "--steps=200",
@@ -73,6 +74,17 @@ def test_gym_run_leaves_a_complete_logdir_and_a_standalone_policy(tmp_path):
         "--gin_param=train.eval_every = 100",
     )
     assert (logdir / "config.gin").read_text().count("train.task = 'gym_CartPole-v1'") == 1
+    # The end: one line with the final evaluation, the outputs and how to evaluate.
+    summary = json.loads((logdir / "summary.json").read_text())
+    assert summary["ended"] == "finished" and summary["step"] == 200
+    progress = [line for line in out.splitlines() if line.startswith("frame ")]
+    assert progress[-1].startswith("frame 200/200  ") and len(progress[-1]) <= 120
+    assert f"  eval {summary['eval_return']:.4g}  model_loss " in progress[-1]
+    assert out.splitlines()[-1] == (
+        f"Finished 200 env frames; final eval return {summary['eval_return']:.4g}; outputs in "
+        f"{logdir} (policy in saved_model/). Evaluate: "
+        f"{os.path.relpath(sys.executable)} -m launch.evaluate --logdir={logdir}"
+    )
     operative = (logdir / "operative_config.gin").read_text()
     assert (
         "RSSM.deter = 16" in operative and "BilevelTrainer.hypergrad_sign = 'released'" in operative
@@ -85,6 +97,7 @@ def test_gym_run_leaves_a_complete_logdir_and_a_standalone_policy(tmp_path):
         "train/model_loss",
         "train/upper_loss",
         "train/meta_weight_mean",
+        "weights/spearman_value",  # the weight analysis (tempo/weight_summaries.py)
         "fps",
         "train/return",
         "eval/return",
@@ -205,16 +218,30 @@ def test_sigterm_saves_a_checkpoint_flushes_the_logs_and_the_run_resumes_there(t
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-3000:]
     stopped = [line for line in out.splitlines() if line.startswith("Stopped by signal")]
-    assert len(stopped) == 1, out[-3000:]
-    frame = int(stopped[0].split("env frame ")[1].split(";")[0])
+    assert len(stopped) == 1 and stopped[0] == out.splitlines()[-1], out[-3000:]
+    frame = int(stopped[0].split("env frame ")[1].split(";")[0].replace(",", ""))
     index = (logdir / "checkpoints" / "checkpoint").read_text()
     assert int(index.split('"')[1].rsplit("-", 1)[1]) == frame
+    # The end line names the checkpoint and the command that resumes: this one.
+    checkpoint = logdir / "checkpoints" / f"ckpt-{frame}"
+    command = shlex.join(
+        ["-m", "launch.train", f"--logdir={logdir}", *DEBUG, *args, "--steps=100000"]
+    )
+    assert f"checkpoint saved (ckpt-{frame}). Resume with the same command: " in stopped[0]
+    assert stopped[0].endswith(command), stopped[0]
+    summary = json.loads((logdir / "summary.json").read_text())
+    assert (summary["ended"], summary["step"], summary["checkpoint"]) == (
+        "stopped",
+        frame,
+        str(checkpoint),
+    )
     assert json.loads(metrics.read_text().splitlines()[-1])["step"] == frame
     assert not (logdir / "saved_model").exists()  # a stopped run is not finished
 
     out = launch(logdir, *args, f"--steps={frame + 20}")
     assert f"at env frame {frame}." in out
     assert json.loads(metrics.read_text().splitlines()[-1])["step"] == frame + 20
+    assert out.splitlines()[-1].startswith(f"Finished {frame + 20:,} env frames; ")
 
 
 def test_unknown_task_fails_with_a_clear_message(tmp_path):
@@ -334,7 +361,8 @@ def test_evaluations_follow_the_released_grid_and_the_budget(tmp_path):
     """eval_every 50 after a prefill of 20 frames: evaluations at the loop's first
     frame and every 50 frames after it (the released code's grid), and at the
     budget; a resumed run continues the grid (the evaluation at the old budget
-    does not shift it), and running a finished run again adds nothing."""
+    does not shift it); `final_eval=False` leaves the budget out, and a
+    finished run asked for it again adds only that."""
     from tempo.logging import read_records
 
     logdir = tmp_path / "evals"
@@ -346,14 +374,11 @@ def test_evaluations_follow_the_released_grid_and_the_budget(tmp_path):
 
     assert tiny_run(logdir, "gym_CartPole-v1", steps=130, **settings)["step"] == 130
     assert list(evals()) == [20, 70, 120, 130]
+    tiny_run(logdir, "gym_CartPole-v1", steps=200, final_eval=False, **settings)
+    assert list(evals()) == [20, 70, 120, 130, 170]
     summary = tiny_run(logdir, "gym_CartPole-v1", steps=200, **settings)
     assert list(evals()) == [20, 70, 120, 130, 170, 200]
-    assert summary["eval_return"] == evals()[200]
-    tiny_run(logdir, "gym_CartPole-v1", steps=200, **settings)
-    assert list(evals()) == [20, 70, 120, 130, 170, 200]
-    tiny_run(logdir / "no_final", "gym_CartPole-v1", steps=130, final_eval=False, **settings)
-    logdir = logdir / "no_final"
-    assert list(evals()) == [20, 70, 120]
+    assert summary["eval_return"] == evals()[200] and summary["step"] == 200
 
 
 def test_episode_end_frames_read_from_the_replay_match_the_step_counter(tmp_path):
