@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from reference.draw_tree import DrawTree
 
 from tempo.replay import Replay
 
@@ -105,49 +106,10 @@ def golden_counts(case: dict) -> dict:
     return {(ep, s): n for ep, s, n in case["counts"]}
 
 
-class EnumeratingRng:
-    """A stand-in for `np.random.Generator` that makes a sampler run once per outcome.
-
-    Depth-first over the tree of ``integers`` draws: each run replays a prefix of
-    choices (later draws take 0) and records each draw's number of outcomes; the
-    next prefix is the odometer increment of the last run's choices.
-    """
-
-    def __init__(self) -> None:
-        self.prefix: list[int] = []
-        self.sizes: list[int] = []
-
-    def integers(self, low, high=None):
-        if high is None:
-            low, high = 0, low
-        n = int(high) - int(low)
-        assert n >= 1, (low, high)
-        depth = len(self.sizes)
-        if depth == len(self.prefix):
-            self.prefix.append(0)
-        self.sizes.append(n)
-        return int(low) + self.prefix[depth]
-
-    def runs(self, fn):
-        while True:
-            self.sizes = []
-            result = fn(self)
-            del self.prefix[len(self.sizes) :]
-            probability = Fraction(1)
-            for n in self.sizes:
-                probability /= n
-            yield result, probability
-            while self.prefix and self.prefix[-1] + 1 >= self.sizes[len(self.prefix) - 1]:
-                self.prefix.pop()
-            if not self.prefix:
-                return
-            self.prefix[-1] += 1
-
-
 def our_exact(replay: Replay, cap: int) -> dict:
     """{(episode, start, length): probability} of our `Replay._sample_segment`."""
     table: dict = {}
-    draws = EnumeratingRng().runs(lambda rng: replay._sample_segment(rng, cap))
+    draws = DrawTree().runs(lambda rng: replay._sample_segment(rng, cap))
     for (episode, start, end), p in draws:
         key = (int(episode["obs"][0, 0]), start, end - start)
         table[key] = table.get(key, Fraction(0)) + p

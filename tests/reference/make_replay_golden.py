@@ -49,6 +49,7 @@ import tempfile
 from fractions import Fraction
 
 import numpy as np
+from draw_tree import DrawTree
 
 HERE = pathlib.Path(__file__).resolve().parent
 SRC = pathlib.Path(os.environ.get("TEMPO_REF_SRC", "/work/ref/src"))
@@ -102,62 +103,14 @@ def check_sequence(seq: dict, length: int) -> tuple[int, int]:
     return int(obs[0, 0]), int(obs[0, 1])
 
 
-class Enumerator:
-    """Stands in for the random draws so that a function runs once per outcome.
-
-    Depth-first over the tree of draws: each run replays a prefix of choices (the
-    rest default to 0) and records how many outcomes each draw had; the next
-    prefix is the odometer increment of the last run's choices.
-    """
-
-    def __init__(self) -> None:
-        self.prefix: list[int] = []
-        self.sizes: list[int] = []
-
-    def _draw(self, n: int) -> int:
-        n = int(n)
-        assert n >= 1, n
-        depth = len(self.sizes)
-        if depth == len(self.prefix):
-            self.prefix.append(0)
-        self.sizes.append(n)
-        return self.prefix[depth]
-
-    def randint(self, low, high=None, size=None):
-        assert size is None
-        if high is None:
-            low, high = 0, low
-        return int(low) + self._draw(int(high) - int(low))
-
-    def choice(self, seq, size=None, replace=True, p=None):
-        assert size is None and p is None
-        return seq[self._draw(len(seq))]
-
-    def runs(self, fn):
-        """Yields (fn(), probability) for every path of draws."""
-        while True:
-            self.sizes = []
-            result = fn()
-            del self.prefix[len(self.sizes) :]
-            probability = Fraction(1)
-            for n in self.sizes:
-                probability /= n
-            yield result, probability
-            while self.prefix and self.prefix[-1] + 1 >= self.sizes[len(self.prefix) - 1]:
-                self.prefix.pop()
-            if not self.prefix:
-                return
-            self.prefix[-1] += 1
-
-
 def exact_distribution(module, replay, length: int) -> list[list[int]]:
-    enumerator = Enumerator()
+    enumerator = DrawTree()
     saved_random, saved_randint = replay._random, np.random.randint
     replay._random = enumerator
     np.random.randint = enumerator.randint  # the release draws its length jitter here
     try:
         table: dict[tuple[int, int, int], Fraction] = {}
-        for seq, probability in enumerator.runs(replay._sample_sequence):
+        for seq, probability in enumerator.runs(lambda _: replay._sample_sequence()):
             episode, start = check_sequence(seq, length)
             key = (episode, start, len(seq["action"]))
             table[key] = table.get(key, Fraction(0)) + probability
