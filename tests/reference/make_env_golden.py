@@ -53,6 +53,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
 import numpy as np  # noqa: E402
+from release_shims import install_gym_stub  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
 SRC = pathlib.Path(os.environ.get("TEMPO_REF_SRC", "/work/ref/src"))
@@ -75,34 +76,8 @@ KEYS = {
 }
 
 
-def gym_stub() -> types.ModuleType:
-    """Just what `common/envs.py` uses of gym for DMC: `gym.spaces.Box`."""
-
-    class Box:
-        def __init__(self, low, high, shape=None, dtype=np.float32):
-            dtype = np.dtype(dtype)
-            if shape is None:
-                shape = np.shape(low) if np.ndim(low) else np.shape(high)
-            shape = tuple(int(x) for x in shape)
-            # Like gym's Box: bounds broadcast to the shape and cast to the dtype.
-            self.low = np.broadcast_to(np.asarray(low), shape).astype(dtype)
-            self.high = np.broadcast_to(np.asarray(high), shape).astype(dtype)
-            self.shape, self.dtype = shape, dtype
-
-    gym = types.ModuleType("gym")
-    gym.spaces = types.ModuleType("gym.spaces")
-    gym.spaces.Box = Box
-    gym.__path__ = []  # a package, so `import gym.spaces` works
-    return gym
-
-
 def load_release_envs() -> types.ModuleType:
-    if not hasattr(np, "bool"):
-        np.bool = bool
-    if "gym" not in sys.modules:
-        gym = gym_stub()
-        sys.modules["gym"] = gym
-        sys.modules["gym.spaces"] = gym.spaces
+    install_gym_stub()
     path = SRC / "common" / "envs.py"
     if not path.exists():
         sys.exit(f"{path} not found: set TEMPO_REF_SRC to a checkout of the release")

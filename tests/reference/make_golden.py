@@ -36,10 +36,11 @@ import logging
 import os
 import pathlib
 import sys
-import types
 import warnings
 
 import numpy as np
+from release_shims import Box
+from release_shims import install_tf_shims as install_shims
 
 HERE = pathlib.Path(__file__).resolve().parent
 SRC = pathlib.Path(os.environ.get("TEMPO_REF_SRC", HERE / "src"))
@@ -111,43 +112,6 @@ FULL = {
     ),
     "atari": dict(obs={"image": (64, 64, 1), "ram": (128,)}, actions=6, discrete=True),
 }
-
-
-# ----- the release, importable on TensorFlow 2.15 -----
-def install_shims():
-    """What the TF-2.6-era release needs to import and run on TF 2.15 / numpy 1.26."""
-    for name, val in (("bool", bool), ("object", object), ("float", float), ("int", int)):
-        if name not in np.__dict__:
-            setattr(np, name, val)
-    import tensorflow as tf
-    import tensorflow.keras.mixed_precision as mp
-
-    if not hasattr(mp, "experimental"):
-        exp = types.ModuleType("tensorflow.keras.mixed_precision.experimental")
-        exp.__dict__.update({k: getattr(mp, k) for k in dir(mp) if not k.startswith("__")})
-        exp.set_policy = mp.set_global_policy
-        mp.experimental = exp
-        sys.modules["tensorflow.keras.mixed_precision.experimental"] = exp
-    try:
-        import gym  # noqa: F401
-    except ImportError:  # only gym.spaces.Box is used at import time
-        gym = types.ModuleType("gym")
-        gym.spaces = types.ModuleType("gym.spaces")
-        gym.spaces.Box = Box
-        sys.modules["gym"], sys.modules["gym.spaces"] = gym, gym.spaces
-    # The Adam of TF 2.6 (OptimizerV2), which the release was written against.
-    tf.optimizers.Adam = tf.keras.optimizers.legacy.Adam
-    return tf
-
-
-class Box:
-    """gym.spaces.Box as the release uses it (a shape from the bounds if none given)."""
-
-    def __init__(self, low, high, shape=None, dtype=np.float32, n=None):
-        shape = np.shape(low) if shape is None else shape
-        self.low, self.high, self.shape, self.dtype = low, high, tuple(shape), np.dtype(dtype)
-        if n is not None:
-            self.n = n
 
 
 def spaces(obs: dict, actions: int, discrete: bool):

@@ -109,6 +109,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
+from release_shims import install_tf_shims  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
 SRC = pathlib.Path(os.environ.get("TEMPO_REF_SRC", "/work/ref/src"))
@@ -288,54 +289,6 @@ def install_yaml() -> None:
         ry.safe_dump = lambda data, stream: stream.write(json.dumps(plain(data), indent=2))
         ruamel.yaml = ry
         sys.modules["ruamel"], sys.modules["ruamel.yaml"] = ruamel, ry
-
-
-# ----- shims for importing the release -----
-class Box:
-    """gym.spaces.Box as far as the release uses it."""
-
-    def __init__(self, low, high, shape=None, dtype=np.float32):
-        self.dtype = np.dtype(dtype)
-        if shape is None:
-            shape = np.broadcast(np.asarray(low), np.asarray(high)).shape
-        self.shape = tuple(shape)
-        self.low = (
-            np.full(self.shape, low, self.dtype)
-            if np.ndim(low) == 0
-            else np.asarray(low, self.dtype)
-        )
-        self.high = (
-            np.full(self.shape, high, self.dtype)
-            if np.ndim(high) == 0
-            else np.asarray(high, self.dtype)
-        )
-
-    def sample(self):
-        return np.random.uniform(self.low, self.high, self.shape).astype(self.dtype)
-
-
-def install_shims():
-    for name, val in (("bool", bool), ("object", object), ("float", float), ("int", int)):
-        if name not in np.__dict__:
-            setattr(np, name, val)
-    import tensorflow as tf
-    import tensorflow.keras.mixed_precision as mp
-
-    if not hasattr(mp, "experimental"):
-        exp = types.ModuleType("tensorflow.keras.mixed_precision.experimental")
-        exp.__dict__.update({k: getattr(mp, k) for k in dir(mp) if not k.startswith("__")})
-        exp.set_policy = mp.set_global_policy
-        mp.experimental = exp
-        sys.modules["tensorflow.keras.mixed_precision.experimental"] = exp
-    try:
-        import gym  # noqa: F401
-    except ImportError:
-        gym = types.ModuleType("gym")
-        gym.spaces = types.ModuleType("gym.spaces")
-        gym.spaces.Box = Box
-        sys.modules["gym"], sys.modules["gym.spaces"] = gym, gym.spaces
-    install_yaml()
-    return tf
 
 
 # ----- the replaced pieces -----
@@ -582,7 +535,8 @@ def dump(golden: dict) -> str:
 def main() -> None:
     logging.getLogger().setLevel("ERROR")
     warnings.filterwarnings("ignore")
-    tf = install_shims()
+    tf = install_tf_shims()
+    install_yaml()
     sys.path.insert(0, str(SRC))
     import ruamel.yaml as ry
 
