@@ -483,19 +483,27 @@ class Run:
         self.logger.write(self.frame)
 
     def write_logs(self) -> None:
+        """The averaged train metrics and the loop's rates at this frame; rates
+        are left out when nothing happened since the last write (the final one)."""
+        logger, frame = self.logger, self.frame
         restarts = getattr(self.env, "restarts", None)  # environment worker processes
         if restarts is not None:
-            self.logger.scalar("env_restarts", restarts)  # since this process started
-        write_logs(
-            self.logger,
-            self.metrics,
-            self.fps,
-            self.ups,
-            self.replay,
-            self.trainer,
-            self.frame,
-            self.s.steps,
-        )
+            logger.scalar("env_restarts", restarts)  # since this process started
+        logger.scalars(self.metrics.result(), prefix="train")
+        self.metrics.reset()
+        scalars = {
+            "replay_steps": self.replay.num_steps,
+            "replay_episodes": self.replay.num_episodes,
+            "updates": int(self.trainer.step.numpy()),
+        }
+        if self.fps.pending:
+            rate = self.fps.rate()
+            scalars["fps"] = rate
+            scalars["eta_s"] = (self.s.steps - frame) / rate if rate > 0 else float("nan")
+        if self.ups.pending:
+            scalars["updates_per_s"] = self.ups.rate()
+        logger.scalars(scalars)
+        logger.write(frame)
 
     def log_weights(self) -> None:
         """The meta-weighter's choices on replay windows that no update consumes
@@ -607,26 +615,6 @@ def last_grid_point(evaluated: list[int], every: int) -> int | None:
         return None
     first = evaluated[0]
     return first + (evaluated[-1] - first) // every * every
-
-
-def write_logs(logger, metrics, fps, ups, replay, trainer, frame, total_frames) -> None:
-    """Writes the averaged train metrics and the loop's rates at env frame `frame`;
-    rates are left out when nothing happened since the last write (the final one)."""
-    logger.scalars(metrics.result(), prefix="train")
-    metrics.reset()
-    scalars = {
-        "replay_steps": replay.num_steps,
-        "replay_episodes": replay.num_episodes,
-        "updates": int(trainer.step.numpy()),
-    }
-    if fps.pending:
-        rate = fps.rate()
-        scalars["fps"] = rate
-        scalars["eta_s"] = (total_frames - frame) / rate if rate > 0 else float("nan")
-    if ups.pending:
-        scalars["updates_per_s"] = ups.rate()
-    logger.scalars(scalars)
-    logger.write(frame)
 
 
 def first_line(error: BaseException) -> str:
