@@ -46,19 +46,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import pathlib
 import pickle
 import shutil
 import sys
 import time
-import warnings
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from released_train import CPU_SIZES, cpu_as_gpu, yaml_shims  # noqa: E402
+from released_train import CPU_SIZES, flags_argv, load_release  # noqa: E402
 
 MARKER = "released_run.json"
 
@@ -119,7 +117,7 @@ def rewind_to_last_save(logdir: pathlib.Path) -> int | None:
     return step
 
 
-def release_argv(args: argparse.Namespace, train_file: str, repeat: int) -> list[str]:
+def release_argv(args: argparse.Namespace, train_module, repeat: int) -> list[str]:
     """The command line the release's train.py parses (its own flag syntax)."""
     settings = {
         "configs": "dmc_proprio",
@@ -133,11 +131,7 @@ def release_argv(args: argparse.Namespace, train_file: str, repeat: int) -> list
         "pretrain": args.pretrain,
         **CPU_SIZES,
     }
-    argv = [train_file]
-    for key, value in settings.items():
-        text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
-        argv += [f"--{key}", text]
-    return argv
+    return flags_argv(train_module, settings)
 
 
 def main() -> None:
@@ -163,20 +157,7 @@ def main() -> None:
         resume_step = rewind_to_last_save(logdir)
         if resume_step is None:
             parser.error(f"{logdir} holds a release run that never saved: remove it to start over")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    logging.getLogger().setLevel("ERROR")
-    warnings.filterwarnings("ignore")
-    from make_golden import SRC, install_shims, make_config
-
-    tf = install_shims()
-    yaml_shims()
-    cpu_as_gpu(tf)
-    sys.path.insert(0, str(SRC))
-    import agent
-    import common
-    import train
-
-    repeat = make_config(common, "dmc_proprio", None).action_repeat
+    tf, agent, common, train, repeat = load_release()
     last_step = args.steps // repeat
     if (last_step - args.prefill) % (args.eval_every // repeat):
         parser.error("the budget must lie on the evaluation grid: prefill + k * eval_every")
@@ -223,7 +204,7 @@ def main() -> None:
     if resume_step is not None:
         marker = {**json.loads(marker_path.read_text()), "resumed_at": resume_step}
     marker_path.write_text(json.dumps(marker, indent=1) + "\n")
-    sys.argv = release_argv(args, str(pathlib.Path(train.__file__)), repeat)
+    sys.argv = release_argv(args, train, repeat)
     start = time.time()
     finished = False
     try:

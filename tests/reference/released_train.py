@@ -113,6 +113,35 @@ def cpu_as_gpu(tf) -> None:
     exp.set_memory_growth = lambda device, enable: None
 
 
+def load_release():
+    """(tf, agent, common, train, action repeat of dmc_proprio): the release's
+    modules, importable and quiet here (shims, yaml, its GPU assertion)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    logging.getLogger().setLevel("ERROR")
+    warnings.filterwarnings("ignore")
+    from make_golden import SRC, install_shims, make_config
+
+    tf = install_shims()
+    yaml_shims()
+    cpu_as_gpu(tf)
+    sys.path.insert(0, str(SRC))
+    import agent
+    import common
+    import train
+
+    return tf, agent, common, train, make_config(common, "dmc_proprio", None).action_repeat
+
+
+def flags_argv(train_module, settings: dict) -> list[str]:
+    """`sys.argv` for the release's train.py with `settings` as its flags (its
+    own syntax: `--key value`, tuples comma-joined)."""
+    argv = [str(pathlib.Path(train_module.__file__))]
+    for key, value in settings.items():
+        text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+        argv += [f"--{key}", text]
+    return argv
+
+
 def release_argv(args: argparse.Namespace, logdir: pathlib.Path, repeat: int) -> list[str]:
     """The command line the release's train.py parses (its own flag syntax)."""
     settings = {
@@ -126,11 +155,7 @@ def release_argv(args: argparse.Namespace, logdir: pathlib.Path, repeat: int) ->
         "pretrain": args.pretrain,
         **CPU_SIZES,
     }
-    argv = [str(pathlib.Path(sys.modules["train"].__file__))]
-    for key, value in settings.items():
-        text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
-        argv += [f"--{key}", text]
-    return argv
+    return flags_argv(sys.modules["train"], settings)
 
 
 def main() -> None:
@@ -145,20 +170,7 @@ def main() -> None:
     parser.add_argument("--logdir", default="", help="Default: a temporary folder, removed.")
     args = parser.parse_args()
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    logging.getLogger().setLevel("ERROR")
-    warnings.filterwarnings("ignore")
-    from make_golden import SRC, install_shims, make_config
-
-    tf = install_shims()
-    yaml_shims()
-    cpu_as_gpu(tf)
-    sys.path.insert(0, str(SRC))
-    import agent
-    import common
-    import train
-
-    repeat = make_config(common, "dmc_proprio", None).action_repeat
+    tf, agent, common, train, repeat = load_release()
     if args.from_frame <= args.prefill * repeat or args.steps <= args.from_frame:
         parser.error("need prefill * action repeat < --from_frame < --steps (env frames)")
     if args.logdir and (pathlib.Path(args.logdir) / "train_episodes").exists():
