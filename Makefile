@@ -45,10 +45,11 @@ train: setup
 	$(PY) -m launch.train --logdir $(LOGDIR) $(TRAIN_ARGS)
 
 # Two pytest workers: much of the suite is single-threaded tracing and subprocess
-# start-up; on a 2-core CPU two workers took the suite from 17 to 11 minutes
-# (grouping each module's fixture on one worker with --dist loadgroup: 13).
+# start-up; on a 2-core CPU two workers took the suite from 17 to 11 minutes.
+# --dist loadgroup keeps the few tests marked with one xdist_group (those sharing
+# one module-scoped run) on one worker; every other test is balanced as by load.
 test: setup
-	$(PY) -m pytest -q -n 2 --durations=10
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=10
 
 test-all: setup
 	$(PY) -m pytest -q -m ""

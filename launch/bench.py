@@ -30,6 +30,8 @@ import sys
 
 from absl import app, flags
 
+from launch.common import run_main
+
 flags.DEFINE_list("configs", ["debug", "dmc_proprio", "dmc_vision", "atari"], "Configs to run.")
 flags.DEFINE_list("modes", ["tempo", "dreamerv2"], "tempo and/or dreamerv2.")
 flags.DEFINE_integer("iters", 10, "Timed updates after two warm-up updates.")
@@ -116,4 +118,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_main(main)

@@ -15,6 +15,8 @@ import sys
 
 from absl import app, flags
 
+from launch.common import run_main
+
 flags.DEFINE_string("logdir", None, "Run directory with config.gin and checkpoints/.")
 flags.DEFINE_string("saved_model", None, "Exported policy directory (instead of --logdir).")
 flags.DEFINE_string("task", None, "Task; defaults to the run's own.")
@@ -71,4 +73,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_main(main)

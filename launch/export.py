@@ -13,6 +13,8 @@ import sys
 
 from absl import app, flags
 
+from launch.common import run_main
+
 flags.DEFINE_string("logdir", None, "Run directory with config.gin and checkpoints/.")
 flags.DEFINE_string("out", None, "Output directory (default <logdir>/saved_model).")
 flags.mark_flag_as_required("logdir")
@@ -46,4 +48,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_main(main)

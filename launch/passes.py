@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 import time
 
-from absl import app, flags
+from absl import flags
 
+from launch.common import run_main
 from tempo.benchmark_configs import CONFIGS, parse_benchmark_config
 
 flags.DEFINE_string("config", "cpu", f"One of {sorted(CONFIGS)}.")
@@ -108,4 +109,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_main(main)

@@ -20,6 +20,8 @@ import sys
 
 from absl import app, flags
 
+from launch.common import run_main
+
 flags.DEFINE_list("logdirs", None, "Run directories or glob patterns (comma separated).")
 flags.DEFINE_string("out", "curves", "Output path without extension.")
 flags.DEFINE_string("metric", "eval/return", "metrics.jsonl key to plot.")
@@ -60,4 +62,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_main(main)

@@ -20,6 +20,8 @@ import sys
 
 from absl import app, flags
 
+from launch.common import run_main
+
 flags.DEFINE_string("logdir", None, "Run directory (checkpoints, replay, logs, SavedModel).")
 flags.DEFINE_multi_string(
     "gin_file",
@@ -107,4 +109,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_main(main)

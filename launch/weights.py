@@ -21,6 +21,8 @@ import sys
 
 from absl import app, flags
 
+from launch.common import run_main
+
 flags.DEFINE_string("logdir", None, "Run directory with config.gin, checkpoints/ and replay/.")
 flags.DEFINE_string("checkpoint", None, "Checkpoint path prefix (default: the latest).")
 flags.DEFINE_integer("episodes", None, "Analyse the N newest stored episodes (default: all).")
@@ -73,4 +75,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_main(main)

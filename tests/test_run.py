@@ -4,6 +4,7 @@ import json
 import os
 import pathlib
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -64,8 +65,15 @@ POLICY_SCRIPT = textwrap.dedent(
 )
 
 
-def test_gym_run_leaves_a_complete_logdir_and_a_standalone_policy(tmp_path):
-    logdir = tmp_path / "run"
+# The tests that only read a finished run's logdir (or work on a copy of it)
+# share one: one pytest-xdist worker runs them all (`--dist loadgroup`).
+shares_the_cartpole_run = pytest.mark.xdist_group("cartpole_run")
+
+
+@pytest.fixture(scope="module")
+def cartpole_run(tmp_path_factory):
+    """A finished 200-frame CartPole TEMPO run with an export: (logdir, stdout)."""
+    logdir = tmp_path_factory.mktemp("cartpole") / "run"
     out = launch(
         logdir,
         "--task=gym_CartPole-v1",
@@ -73,6 +81,20 @@ def test_gym_run_leaves_a_complete_logdir_and_a_standalone_policy(tmp_path):
         "--seed=1",
         "--gin_param=train.eval_every = 100",
     )
+    return logdir, out
+
+
+def copy_of(run, tmp_path):
+    """A copy of a shared run's logdir that a test may change (the checkpoint
+    index holds relative paths, so the copy restores on its own)."""
+    copy = tmp_path / run.name
+    shutil.copytree(run, copy)
+    return copy
+
+
+@shares_the_cartpole_run
+def test_gym_run_leaves_a_complete_logdir_and_a_standalone_policy(cartpole_run, tmp_path):
+    logdir, out = cartpole_run
     assert (logdir / "config.gin").read_text().count("train.task = 'gym_CartPole-v1'") == 1
     # The end: one line with the final evaluation, the outputs and how to evaluate.
     summary = json.loads((logdir / "summary.json").read_text())
@@ -284,10 +306,10 @@ def test_bad_configuration_fails_with_one_line_and_writes_nothing(tmp_path, bind
     assert not (tmp_path / "y").exists()
 
 
-def test_evaluate_and_export_launchers(tmp_path):
-    logdir = tmp_path / "ev"
-    launch(logdir, "--task=gym_CartPole-v1", "--steps=60", "--gin_param=train.export = False")
-    assert not (logdir / "saved_model").exists()
+@shares_the_cartpole_run
+def test_evaluate_and_export_launchers(cartpole_run, tmp_path):
+    logdir = copy_of(cartpole_run[0], tmp_path)
+    shutil.rmtree(logdir / "saved_model")  # launch.export makes it again from the checkpoint
     run = lambda *a: subprocess.run(
         [sys.executable, "-m", *a], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
@@ -463,14 +485,16 @@ def test_consecutive_non_finite_updates_stop_the_run_and_keep_the_last_checkpoin
     assert values and all(np.isfinite(v).all() for v in values)
 
 
-def test_resuming_with_a_mismatched_config_fails_clearly_and_changes_nothing(tmp_path):
-    logdir = tmp_path / "mm"
-    launch(logdir, "--task=gym_CartPole-v1", "--steps=60", "--gin_param=train.export = False")
+@shares_the_cartpole_run
+def test_resuming_with_a_mismatched_config_fails_clearly_and_changes_nothing(
+    cartpole_run, tmp_path
+):
+    logdir = copy_of(cartpole_run[0], tmp_path)
     before = {
         p: p.read_bytes() for p in logdir.rglob("*") if p.is_file() and "events" not in p.name
     }
     cmd = [sys.executable, "-m", "launch.train", f"--logdir={logdir}", *DEBUG]
-    cmd += ["--task=gym_CartPole-v1", "--steps=120", "--gin_param=RSSM.deter = 20"]
+    cmd += ["--task=gym_CartPole-v1", "--steps=400", "--gin_param=RSSM.deter = 20"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode != 0
     errors = [x for x in out.stderr.splitlines() if x.startswith("error: ")]
