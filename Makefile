@@ -11,7 +11,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 LOGDIR ?= logdir/cartpole_swingup_tempo
 TRAIN_ARGS ?=
 # The learning-curve protocol (README, "Learning curves"): every task x method x
-# seed for CURVE_FRAMES env frames with cpu.gin, one run after another; re-running
+# seed for CURVE_FRAMES env frames (CURVE_CONFIG's gin files: proprio cpu.gin by
+# default), one run after another; re-running
 # resumes unfinished runs from their checkpoints (a finished one only re-exports).
 # tempo-placebo: TEMPO whose meta-weighter never moves from its initialization.
 CURVE_TASKS ?= dmc_cartpole_swingup dmc_finger_spin
@@ -19,6 +20,9 @@ CURVE_METHODS ?= dreamerv2 tempo-released tempo-lookahead
 CURVE_SEEDS ?= 0
 CURVE_FRAMES ?= 100000
 CURVE_DIR ?= logdir/curves
+# The gin files (gin_configs/<name>.gin, in order) of every curve run: from pixels
+# with `make curves CURVE_CONFIG="dmc_vision cpu_vision" CURVE_DIR=logdir/curves_pixels`.
+CURVE_CONFIG ?= dmc_proprio cpu
 
 export TF_USE_LEGACY_KERAS := 1
 export MUJOCO_GL ?= egl
@@ -67,7 +71,7 @@ curves: setup
 	    *) echo "unknown method $$method"; exit 1;; \
 	  esac; \
 	  $(PY) -m launch.train --logdir $(CURVE_DIR)/$$task/$$method/seed$$seed \
-	    --gin_file gin_configs/dmc_proprio.gin --gin_file gin_configs/cpu.gin \
+	    $(foreach name,$(CURVE_CONFIG),--gin_file gin_configs/$(name).gin) \
 	    --task $$task --seed $$seed --steps $(CURVE_FRAMES) --meta=$$meta \
 	    --gin_param "BilevelTrainer.hypergrad_sign = '$$sign'" \
 	    $${eta:+--gin_param "$$eta"} \

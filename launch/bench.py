@@ -26,6 +26,7 @@ of the per-round ratios.
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 
 from absl import app, flags
@@ -114,7 +115,7 @@ def main(argv):
         benchmark.run_benchmark(settings, released_environ=environ)
     except benchmark.CaseFailed as error:
         sys.exit(str(error))
-    print("\nReproduce: python -m launch.bench " + " ".join(sys.argv[1:]))
+    print("\nReproduce: python -m launch.bench " + shlex.join(sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ CONFIGS = {
     ),
     "cpu": (["dmc_proprio", "cpu"], {"position": (3,), "velocity": (2,)}, 1, False),
     "dmc_vision": (["dmc_vision"], {"image": (64, 64, 3)}, 6, False),
+    "cpu_vision": (["dmc_vision", "cpu_vision"], {"image": (64, 64, 3)}, 1, False),
     "atari": (["atari"], {"image": (64, 64, 1)}, 6, True),
 }
 

@@ -188,3 +188,28 @@ def test_cpu_gin_builds_the_small_model_of_make_train_and_make_curves():
     assert [d.units for d in trainer.meta_weighter.mlp._dense] == [128, 128]
     assert trainer.world_model.encoder.mlp_keys == ["position", "velocity"]
     assert trainer.world_model.discount_head is None and trainer.meta
+
+
+def test_cpu_vision_gin_builds_the_small_pixel_model_of_the_pixel_curves():
+    """dmc_vision's architecture (Gaussian latents, image-only encoder and decoder,
+    no discount head) at the widths launch.bench chose, with cpu.gin's protocol."""
+    configurables.parse_config(["gin_configs/dmc_vision.gin", "gin_configs/cpu_vision.gin"])
+    assert (value("train.task"), value("train.obs_type")) == ("dmc_cartpole_swingup", "pixels")
+    assert (value("train.batch_size"), value("train.batch_length")) == (16, 32)
+    assert (value("train.prefill"), value("train.eval_every")) == (2500, 5000)
+    assert (value("train.pretrain"), value("train.steps")) == (101, 100_000)
+    trainer = configurables.build_trainer({"image": (64, 64, 3)}, 1, False)
+    model = trainer.world_model
+    assert (model.rssm.deter, model.rssm.hidden, model.rssm.stoch, model.rssm.discrete) == (
+        128,
+        128,
+        32,
+        0,
+    )
+    assert [c.filters for c in model.encoder._convs] == [12, 24, 48, 96]
+    assert [d.filters for d in model.decoder._deconvs] == [48, 24, 12, 3]
+    assert model.encoder.cnn_keys == ["image"] and model.decoder.cnn_keys == ["image"]
+    for net in (trainer.behavior.actor, trainer.behavior.critic, model.reward_head):
+        assert [d.units for d in net.mlp._dense] == [128, 128]
+    assert [d.units for d in trainer.meta_weighter.mlp._dense] == [128, 128]
+    assert model.discount_head is None and trainer.meta
