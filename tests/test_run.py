@@ -346,6 +346,7 @@ def test_parallel_env_workers_feed_one_learner(tmp_path):
     )
     lines = [json.loads(x) for x in (logdir / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["step"] == 120 and lines[-1]["updates"] > 0
+    assert not (logdir / "saved_model").exists()  # train.export = False: no export
     # Both workers' episodes reach the replay, each one complete and contiguous.
     import numpy as np
 
