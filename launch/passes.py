@@ -65,7 +65,9 @@ def main(argv):
 
     hypergrads = {}
     for passes, trainer in trainers.items():
-        fn = tf.function(lambda seed, t=trainer: t.meta_gradient(batch, state, seed))
+        fn = tf.function(
+            lambda seed, t=trainer: t.meta_gradient(batch, state, seed), autograph=False
+        )
         draws = []
         for seed in range(FLAGS.seeds):
             h = fn(tf.constant([seed, 1], tf.int32))

@@ -189,7 +189,7 @@ def time_parts(trainer, batch, state, iters: int) -> dict[str, float]:
     }
     medians = {}
     for name, fn in parts.items():
-        compiled = tf.function(fn)
+        compiled = tf.function(fn, autograph=False)
         compiled()  # trace and compile
         times = []
         for _ in range(iters):

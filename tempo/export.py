@@ -45,11 +45,17 @@ class ExportedPolicy(tf.Module):
             for key, value in example.items()
         }
         self.initial_state = tf.function(
-            self._initial_state, input_signature=[tf.TensorSpec([], tf.int32, name="batch_size")]
+            self._initial_state,
+            input_signature=[tf.TensorSpec([], tf.int32, name="batch_size")],
+            autograph=False,
         )
-        self.step = tf.function(self._step, input_signature=[obs_signature, state_signature])
+        self.step = tf.function(
+            self._step, input_signature=[obs_signature, state_signature], autograph=False
+        )
         # Signatures need flat outputs: {"action", "state_<key>"...} for TF Serving.
-        self.serve = tf.function(self._serve, input_signature=[obs_signature, state_signature])
+        self.serve = tf.function(
+            self._serve, input_signature=[obs_signature, state_signature], autograph=False
+        )
 
     def _initial_state(self, batch_size):
         return self._agent.value.initial_state(batch_size)

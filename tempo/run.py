@@ -435,7 +435,7 @@ class Run:
         self.should_eval = Every(s.eval_every, last=last_grid_point(evaluated, s.eval_every))
         self.should_save = Every(s.checkpoint_every, last=self.frame)
         self.image_keys = self.trainer.world_model.decoder.cnn_keys
-        self.video_fn = tf.function(self.trainer.world_model.video_prediction)
+        self.video_fn = tf.function(self.trainer.world_model.video_prediction, autograph=False)
         self.video_batches = None  # its own stream, as the release's report dataset
         # The meta-weighter's choices, on the video grid (DreamerV2 runs too: their
         # untrained weighter is the baseline); one forward pass, no update.

@@ -105,7 +105,7 @@ def analyse_episodes(
     from tempo.weight_analysis import analyse_batch
 
     analyse = functools.partial(analyse_batch, trainer, training=False)
-    analyse = tf.function(analyse) if compile else analyse
+    analyse = tf.function(analyse, autograph=False) if compile else analyse
     initial = trainer.world_model.rssm.initial(1)
     return [
         analyse_episode(analyse, initial, episode, chunk, seed + i)

@@ -40,7 +40,7 @@ class WeightSummaries:
         self.image_keys = tuple(image_keys)
         self.rng = np.random.default_rng([seed, 0x7E1647])
         self.initial = trainer.world_model.rssm.initial(batch_size)
-        self._analyse = tf.function(functools.partial(analyse_batch, trainer))
+        self._analyse = tf.function(functools.partial(analyse_batch, trainer), autograph=False)
 
     def analyse(
         self, episodes: Sequence[Mapping[str, np.ndarray]]

@@ -34,7 +34,7 @@ class Agent(tf.Module):
         self.world_model = trainer.world_model
         self.actor = trainer.behavior.actor
         self.rng = tf.random.Generator.from_seed(seed + 1)
-        self._compiled_step = tf.function(self.step)
+        self._compiled_step = tf.function(self.step, autograph=False)
 
     @property
     def obs_keys(self) -> list[str]:

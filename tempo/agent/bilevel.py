@@ -70,7 +70,7 @@ class BilevelTrainer(tf.Module):
         # Never 16-bit (it feeds the upper loss): float32 under mixed precision.
         mixed = world_model.compute_dtype in ("float16", "bfloat16")
         self.value_norm = ValueNormalizer(dtype="float32" if mixed else world_model.dtype_policy)
-        self._compiled = tf.function(self._train_step, jit_compile=jit_compile)
+        self._compiled = tf.function(self._train_step, jit_compile=jit_compile, autograph=False)
         self._built = False
 
     # ----- set-up ---------------------------------------------------------------
