@@ -148,13 +148,14 @@ def sampling_check(strategy: tf.distribute.Strategy) -> dict:
 def run_loop_check(strategy: tf.distribute.Strategy, tmp: str) -> dict:
     """`tempo.run.train` under the strategy (distributed batches, per-replica
     carried state, checkpoint, export), then its checkpoint restored into a
-    single-device agent as `launch.evaluate` does."""
+    single-device agent as `launch.evaluate` does. A DreamerV2 trainer: the loop
+    is the same, TEMPO's mirrored update is `run_mode`'s, and it traces faster."""
     from tempo.envs import make_batch_env
     from tempo.evaluation import evaluate_saved_model, restore_agent, run_episodes
     from tempo.run import train
 
     def mirrored_fn(shapes, action_size, discrete, seed=0):
-        return tiny_trainer(shapes, action_size, discrete, seed=seed, strategy=strategy)
+        return tiny_trainer(shapes, action_size, discrete, seed=seed, strategy=strategy, meta=False)
 
     logdir = os.path.join(tmp, "run")
     summary = train(
@@ -175,7 +176,9 @@ def run_loop_check(strategy: tf.distribute.Strategy, tmp: str) -> dict:
     losses = [x["train/model_loss"] for x in lines if "train/model_loss" in x]
     env = make_batch_env("gym_CartPole-v1", 1, seed=0, action_repeat=1)
     try:  # on the latent's mode, as the export acts
-        agent = restore_agent(logdir, env, lambda *a: tiny_trainer(*a), eval_state_mean=True)
+        agent = restore_agent(
+            logdir, env, lambda *a: tiny_trainer(*a, meta=False), eval_state_mean=True
+        )
         policy = lambda obs, state: agent.policy(obs, state, explore=False)
         returns, _ = run_episodes(env, policy, 2, agent.action_size)
     finally:

@@ -3,7 +3,11 @@ random replay-like batches (re-exported from tempo.synthetic)."""
 
 from __future__ import annotations
 
+import fcntl
 import functools
+import os
+import pathlib
+from collections.abc import Callable
 
 import tempo  # noqa: F401
 from tempo.agent.behavior import ActorCritic
@@ -76,3 +80,20 @@ def run_until_last(env, action, max_steps, check=None):
         if obs["is_last"]:
             return step, obs
     raise AssertionError(f"episode did not end within {max_steps} steps")
+
+
+def once_per_session(tmp_path_factory, name: str, make: Callable[[pathlib.Path], None]):
+    """The path of file `name`, written by `make(path)` once per test session: the
+    pytest-xdist workers share the session's temporary directory, and a worker
+    that needs a file another is making waits on its lock, then reads it. `make`
+    writes a temporary name (same suffix), renamed when it returns."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    path = shared / name
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            partial = path.with_name(f".partial-{name}")
+            make(partial)
+            partial.rename(path)
+    return path

@@ -6,13 +6,13 @@ The check runs in a fresh process (tests/mirrored_update.py) because the CPU
 must be split into logical devices before TensorFlow initializes them.
 """
 
-import fcntl
 import json
 import os
 import subprocess
 import sys
 
 import pytest
+from support import once_per_session
 
 from tempo.strategy import make_strategy
 
@@ -27,29 +27,25 @@ TOLERANCE = 1e-5
 
 def script_result(tmp_path_factory, part: str) -> dict:
     """The script's JSON for one `part` (sampling, run, tempo or dreamerv2),
-    computed once per test session. Each part runs in its own
-    process (about a minute each, the sampling check seconds), so two
-    pytest-xdist workers compute different parts at the same time; a worker
-    that needs a part another is computing waits on its file lock, then reads it."""
-    base = tmp_path_factory.getbasetemp()
-    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    name = f"mirrored_update_{part}"
-    out = shared / f"{name}.json"
-    with open(shared / f"{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not out.exists():
-            env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
-            script = os.path.join(HERE, "mirrored_update.py")
-            proc = subprocess.run(
-                [sys.executable, script, part, "2"],
-                capture_output=True,
-                text=True,
-                env=env,
-                timeout=900,
-            )
-            assert proc.returncode == 0, proc.stderr[-4000:]
-            out.write_text(proc.stdout.strip().splitlines()[-1])
-    return json.loads(out.read_text())
+    computed once per test session. Each part runs in its own process (about a
+    minute each, the sampling check seconds), so two pytest-xdist workers
+    compute different parts at the same time."""
+
+    def compute(out):
+        env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
+        script = os.path.join(HERE, "mirrored_update.py")
+        proc = subprocess.run(
+            [sys.executable, script, part, "2"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=900,
+        )
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        out.write_text(proc.stdout.strip().splitlines()[-1])
+
+    path = once_per_session(tmp_path_factory, f"mirrored_update_{part}.json", compute)
+    return json.loads(path.read_text())
 
 
 @pytest.mark.parametrize("mode", ["tempo", "dreamerv2"])

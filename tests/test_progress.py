@@ -157,7 +157,7 @@ def test_a_run_shows_its_records_as_compact_lines_and_ends_with_where_its_output
     from launch.ending import end_line
     from tempo.logging import read_records
 
-    summary = tiny_run(tmp_path / "compact", "gym_CartPole-v1", steps=60, log_every=20)
+    summary = tiny_run(tmp_path / "compact", "gym_CartPole-v1", meta=True, steps=60, log_every=20)
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("frame ")]
     records = read_records(tmp_path / "compact" / "metrics.jsonl")

@@ -201,8 +201,8 @@ def test_dmc_pixels_dreamerv2_run(tmp_path):
 
 def test_sigkill_then_resume_at_the_checkpointed_step(tmp_path):
     logdir = tmp_path / "kill"
-    args = ["--task=gym_CartPole-v1", "--steps=100000", "--gin_param=train.checkpoint_every = 40"]
-    proc = launch(logdir, *args, wait=False)
+    args = ["--task=gym_CartPole-v1", "--meta=false", "--gin_param=train.checkpoint_every = 40"]
+    proc = launch(logdir, *args, "--steps=100000", wait=False)
     index = logdir / "checkpoints" / "checkpoint"
     deadline = time.time() + 300
     while time.time() < deadline and not index.exists():
@@ -215,7 +215,7 @@ def test_sigkill_then_resume_at_the_checkpointed_step(tmp_path):
     saved = int(index.read_text().split('"')[1].rsplit("-", 1)[1])
     assert saved > 0
 
-    out = launch(logdir, "--task=gym_CartPole-v1", f"--steps={saved + 40}")
+    out = launch(logdir, "--task=gym_CartPole-v1", "--meta=false", f"--steps={saved + 40}")
     assert f"Resumed from {logdir / 'checkpoints'}" in out
     assert f"at env frame {saved}." in out
     assert set(episodes) <= {p.name for p in (logdir / "replay").glob("*.npz")}
@@ -356,8 +356,11 @@ def test_parallel_env_workers_feed_one_learner(tmp_path):
             assert episode["is_first"].sum() == 1 and episode["is_last"].sum() == 1
 
 
-def tiny_run(logdir, task, **overrides):
-    """An in-process run of `tempo.run.train` with a tiny trainer: seconds."""
+def tiny_run(logdir, task, meta=False, **overrides):
+    """An in-process run of `tempo.run.train` with a tiny trainer: seconds. A
+    DreamerV2 one unless `meta`: the loop is the same, and its update traces in
+    a third of TEMPO's time (the shared CartPole run and the SIGTERM test run
+    the loop with TEMPO)."""
     from support import tiny_trainer
 
     from tempo.run import train
@@ -372,9 +375,12 @@ def tiny_run(logdir, task, **overrides):
         eval_every=0,
         log_every=10,
         checkpoint_every=10,
+        # No videos or weight analyses (their tracing is most of a short run's
+        # time): the shared CartPole run's records cover them.
+        video_every=0,
         export=False,
         trainer_fn=lambda shapes, size, discrete, seed: tiny_trainer(
-            shapes, size, discrete, seed=seed
+            shapes, size, discrete, seed=seed, meta=meta
         ),
     )
     return train(logdir, task=task, **{**settings, **overrides})
@@ -653,8 +659,9 @@ def latest_step(logdir) -> int:
 )
 def test_sigkill_inside_a_write_loses_only_work_since_the_last_checkpoint(tmp_path, point, after):
     logdir = tmp_path / point
-    args = [f"--logdir={logdir}", *DEBUG, "--task=gym_CartPole-v1", "--steps=100000"]
-    args += ["--gin_param=train.checkpoint_every = 40", "--gin_param=train.export = False"]
+    args = [f"--logdir={logdir}", *DEBUG, "--task=gym_CartPole-v1", "--meta=false"]
+    args += ["--steps=100000", "--gin_param=train.checkpoint_every = 40"]
+    args += ["--gin_param=train.export = False"]
     cmd = [sys.executable, "-c", KILL_SCRIPT, point, str(after), *args]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == -signal.SIGKILL, out.stdout[-2000:] + out.stderr[-2000:]
@@ -671,7 +678,7 @@ def test_sigkill_inside_a_write_loses_only_work_since_the_last_checkpoint(tmp_pa
         assert indexes == [latest_step(logdir), indexes[-1]] and indexes[-1] > indexes[0]
     saved = latest_step(logdir) if (logdir / "checkpoints" / "checkpoint").exists() else 0
 
-    out = launch(logdir, "--task=gym_CartPole-v1", f"--steps={saved + 60}")
+    out = launch(logdir, "--task=gym_CartPole-v1", "--meta=false", f"--steps={saved + 60}")
     if saved:
         assert f"Resumed from {logdir / 'checkpoints'}" in out and f"at env frame {saved}." in out
     after_restart = {p.name: p.read_bytes() for p in replay.glob("*.npz")}
