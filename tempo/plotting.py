@@ -231,11 +231,78 @@ def aggregate(runs: list[dict]) -> dict[tuple[str, str], dict]:
             "auc_std": _std(aucs),
             "first_reward": [r.get("first_reward") for r in members],
             "rewarded": [r.get("rewarded") for r in members],
-            "wall_s": float(np.mean([r["wall_s"] for r in members])),
+            # Times over the seeds that have them (not those read from a CSV).
+            "wall_s": float(np.mean(known)) if (known := _known_walls(members)) else float("nan"),
+            "timed_wall_s": float(sum(known)),
             "timed_frames": int(sum(r["timed_frames"] for r in members)),
             "frames": int(min(r["frames"] for r in members)),
+            "from_csv": [r["seed"] for r in members if r.get("from_csv")],
         }
     return curves
+
+
+def _known_walls(members: list[dict]) -> list[float]:
+    return [r["wall_s"] for r in members if np.isfinite(r["wall_s"])]
+
+
+CSV_COLUMNS = ("task", "method", "step", "seeds", "per_seed")
+
+
+def runs_from_csv(
+    path: str | os.PathLike, max_frames: int | None = None, min_frames: int = 0
+) -> list[dict]:
+    """Each seed's curve in a CSV that `write_csv` wrote, as `load_run` gives a
+    run (cut to [min_frames, max_frames] as it does): for comparing with runs
+    whose directories are gone. What only a run directory holds is unknown:
+    training time (wall_s NaN, no timed frames) and rewarded episodes
+    (first_reward and rewarded None); `from_csv` marks them. The curve holds
+    the steps all seeds of its group shared, of the metric the CSV plotted."""
+    path = pathlib.Path(path)
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(
+                f"{path} is not a curves CSV written by launch.plot (no {', '.join(missing)} "
+                f"column); pass the <out>.csv of an earlier `python -m launch.plot`."
+            )
+        rows = list(reader)
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[(row["task"], row["method"])].append(row)
+    runs = []
+    for (task, method), members in groups.items():
+        seeds = [int(s) for s in members[0]["seeds"].split()]
+        steps = np.array([int(row["step"]) for row in members])
+        table = np.array([[float(x) for x in row["per_seed"].split()] for row in members])
+        if table.shape != (len(steps), len(seeds)):
+            raise ValueError(f"{path}: {task}/{method} has a per_seed cell not one per seed.")
+        keep = (steps >= min_frames) & (steps <= (max_frames if max_frames is not None else np.inf))
+        steps, table = steps[keep], table[keep]
+        for i, seed in enumerate(seeds):
+            runs.append(
+                {
+                    "logdir": f"{path}:{task}/{method}/seed{seed}",
+                    "task": task,
+                    "method": method,
+                    "seed": seed,
+                    "steps": steps,
+                    "values": table[:, i],
+                    "wall_s": float("nan"),
+                    "timed_frames": 0,
+                    "frames": int(steps[-1]) if len(steps) else 0,
+                    "first_reward": None,
+                    "rewarded": None,
+                    "from_csv": True,
+                }
+            )
+    return runs
+
+
+def replace_runs(earlier: list[dict], later: list[dict]) -> list[dict]:
+    """`later` and those of `earlier` whose (task, method, seed) it does not hold."""
+    held = {(r["task"], r["method"], r["seed"]) for r in later}
+    return [r for r in earlier if (r["task"], r["method"], r["seed"]) not in held] + later
 
 
 def area_under_curve(steps: np.ndarray, values: np.ndarray) -> float:
@@ -316,19 +383,34 @@ def summary_table(curves: dict, baseline: str = "dreamerv2") -> str:
         hours = c["wall_s"] / 3600 if c["wall_s"] > 0 else float("nan")
         # Over the frames that were timed: a run's first interval and, with
         # min_frames, what came before are not.
-        timed, all_s = c["timed_frames"], c["wall_s"] * len(c["seeds"])
-        per_100k = all_s / 3600 * 100_000 / timed if timed else float("nan")
+        timed = c["timed_frames"]
+        per_100k = c["timed_wall_s"] / 3600 * 100_000 / timed if timed else float("nan")
         seeds = ",".join(str(s) for s in c["seeds"])
         final, auc = _fmt(c["final"], 1), _fmt(c["auc"], 1)
         if len(c["seeds"]) > 1:
             final += f" ± {_fmt(c['final_std'], 1)}" if np.isfinite(c["final"]) else ""
             auc += f" ± {_fmt(c['auc_std'], 1)}" if np.isfinite(c["auc"]) else ""
-        first = ", ".join("none" if f is None else f"{f:,}" for f in c["first_reward"])
+        first = ", ".join(
+            "n/a" if r is None else "none" if f is None else f"{f:,}"
+            for f, r in zip(c["first_reward"], c["rewarded"])
+        )
         found = ", ".join("n/a" if r is None else f"{r[0]}/{r[1]}" for r in c["rewarded"])
         lines.append(
             f"| {task} | {method} | {seeds} | {c['frames']:,} | {final} | {auc} | "
             f"{_fmt(hours, 2)} | {_fmt(per_100k, 2)} | {first} | {found} |"
         )
+    earlier = [
+        f"{task} {method} seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+        for (task, method), c in curves.items()
+        if (seeds := c["from_csv"])
+    ]
+    if earlier:
+        lines += [
+            "",
+            f"Read from a CSV (their run directories are gone): {'; '.join(earlier)}. "
+            "Their training time and rewarded episodes are unknown (n/a); the hours "
+            "are over the other seeds.",
+        ]
     rows = differences(curves, baseline)
     if rows:
         lines += [

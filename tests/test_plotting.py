@@ -265,3 +265,72 @@ def test_a_run_of_the_released_code_loads_beside_ours(tmp_path):
     ours_run = plotting.load_run(ours)
     table = plotting.summary_table(plotting.aggregate([run, ours_run]), "released-dreamerv2")
     assert "Minus released-dreamerv2" in table and "| tempo-released |" in table
+
+
+def test_curves_read_back_from_a_csv_stand_in_for_runs_whose_directories_are_gone(runs, tmp_path):
+    """An earlier launch.plot's CSV gives each seed's curve back, as the runs
+    did; a run directory of the same (task, method, seed) replaces its curve;
+    what the CSV cannot hold (hours, rewarded episodes) shows as n/a."""
+    loaded = [plotting.load_run(runs / n) for n in "abc"]
+    plotting.write_csv(plotting.aggregate(loaded), tmp_path / "earlier.csv")
+    back = plotting.runs_from_csv(tmp_path / "earlier.csv")
+    assert sorted((r["method"], r["seed"]) for r in back) == [
+        ("dreamerv2", 0),
+        ("tempo-released", 0),
+        ("tempo-released", 1),
+    ]
+    seed1 = next(r for r in back if r["method"] == "tempo-released" and r["seed"] == 1)
+    assert seed1["steps"].tolist() == [1000, 2000, 3000] and seed1["values"].tolist() == [
+        20,
+        10,
+        70,
+    ]
+    assert seed1["frames"] == 3000 and seed1["from_csv"]
+    cut = plotting.runs_from_csv(tmp_path / "earlier.csv", max_frames=2000, min_frames=2000)
+    assert {r["steps"].tolist()[0] for r in cut if len(r["steps"])} == {2000}
+
+    # Seed 1 of tempo-released was run again: its directory wins over the CSV.
+    task = {"train.task": "dmc_cartpole_swingup", "train.seed": 1}
+    again = plotting.load_run(fake_run(tmp_path, "again", task, [(1000, 0.0), (3000, 100.0)]))
+    merged = plotting.replace_runs(back, [again])
+    assert len(merged) == 3 and again in merged
+    curves = plotting.aggregate(merged)
+    tempo = curves[("dmc_cartpole_swingup", "tempo-released")]
+    # Seed 0 from the CSV (10, 50 at the shared steps 1000, 3000), seed 1 run again (0, 100).
+    np.testing.assert_allclose(tempo["per_seed"], [[10, 50], [0, 100]])
+    assert tempo["final"] == 75.0 and tempo["from_csv"] == [0]
+    # Hours from the one timed seed: 2000 frames / 20 fps = 100 s over 2000 timed
+    # frames (0.03 h; 1.39 h per 100k). AUC per seed: (10 + 50) / 2, (0 + 100) / 2.
+    assert tempo["wall_s"] == pytest.approx(100.0) and tempo["timed_frames"] == 2000
+    table = plotting.summary_table(curves)
+    row = (
+        "| dmc_cartpole_swingup | tempo-released | 0,1 | 3,000 | 75.0 ± 35.4 | 40.0 ± 14.1 "
+        "| 0.03 | 1.39 | n/a, none | n/a, 0/0 |"
+    )
+    assert row in table.splitlines(), table
+    assert "dmc_cartpole_swingup tempo-released seed 0" in table
+    assert "dmc_cartpole_swingup dreamerv2 seed 0" in table
+
+
+def test_the_launcher_merges_an_earlier_csv_and_rejects_another_file(runs, tmp_path):
+    plotting.write_csv(plotting.aggregate([plotting.load_run(runs / "c")]), tmp_path / "old.csv")
+    out = tmp_path / "merged"
+    cmd = [sys.executable, "-m", "launch.plot", f"--from_csv={tmp_path / 'old.csv'}"]
+    result = subprocess.run(
+        [*cmd, f"--logdirs={runs}/a", f"--out={out}"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = list(csv.DictReader(open(f"{out}.csv")))
+    assert {(r["method"], r["seeds"]) for r in rows} == {
+        ("dreamerv2", "0"),
+        ("tempo-released", "0"),
+    }
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "launch.plot", f"--from_csv={tmp_path / 'other.csv'}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1 and "not a curves CSV written by launch.plot" in result.stderr
+    assert "Traceback" not in result.stderr
