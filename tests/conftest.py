@@ -1,4 +1,5 @@
-"""Shared pytest set-up: Keras 2, quiet TensorFlow, software rendering for MuJoCo."""
+"""Shared pytest set-up: Keras 2, quiet TensorFlow, software rendering for MuJoCo,
+and graphs traced here run without Grappler (`without_graph_rewrites`)."""
 
 import os
 
@@ -10,6 +11,24 @@ os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 import pytest  # noqa: E402
 
 import tempo  # noqa: E402, F401  (before TensorFlow: see tempo/_mesa.py)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def without_graph_rewrites():
+    """Grappler (TensorFlow's rewriting of a graph before a function first runs)
+    is off for the graphs traced in the test processes.
+
+    It took half the first call of a tiny TEMPO update (4.1 of 8.8 CPU-seconds on
+    a Sapphire Rapids Xeon) and a third of the mirrored-update check. The tests
+    here check what our graphs compute, which the rewrites must not change; what
+    runs as a user runs it keeps them: every `launch.*` subprocess (end-to-end,
+    resume, signal, multi-worker and progress tests) and the oneDNN check, whose
+    fused kernels come from a rewrite. (The tests against the released code's
+    numbers run eagerly, where Grappler never ran.)"""
+    import tensorflow as tf
+
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+    yield
 
 
 @pytest.fixture

@@ -16,6 +16,10 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEBUG = ["--gin_file", "gin_configs/base.gin", "--gin_file", "gin_configs/debug.gin"]
+# For runs whose tests inspect neither: no video or weight analyses (their
+# tracing took a sixth of a debug CartPole run; the shared CartPole run covers them).
+NO_VIDEO = ["--gin_param=train.video_every = 0"]
+NO_EXPORT = ["--gin_param=train.export = False"]
 
 
 def launch(logdir, *args, wait=True, timeout=600):
@@ -202,7 +206,7 @@ def test_dmc_pixels_dreamerv2_run(tmp_path):
 def test_sigkill_then_resume_at_the_checkpointed_step(tmp_path):
     logdir = tmp_path / "kill"
     args = ["--task=gym_CartPole-v1", "--meta=false", "--gin_param=train.checkpoint_every = 40"]
-    proc = launch(logdir, *args, "--steps=100000", wait=False)
+    proc = launch(logdir, *args, *NO_VIDEO, "--steps=100000", wait=False)
     index = logdir / "checkpoints" / "checkpoint"
     deadline = time.time() + 300
     while time.time() < deadline and not index.exists():
@@ -215,7 +219,8 @@ def test_sigkill_then_resume_at_the_checkpointed_step(tmp_path):
     saved = int(index.read_text().split('"')[1].rsplit("-", 1)[1])
     assert saved > 0
 
-    out = launch(logdir, "--task=gym_CartPole-v1", "--meta=false", f"--steps={saved + 40}")
+    resume = ["--task=gym_CartPole-v1", "--meta=false", *NO_VIDEO, *NO_EXPORT]
+    out = launch(logdir, *resume, f"--steps={saved + 40}")
     assert f"Resumed from {logdir / 'checkpoints'}" in out
     assert f"at env frame {saved}." in out
     assert set(episodes) <= {p.name for p in (logdir / "replay").glob("*.npz")}
@@ -228,7 +233,7 @@ def test_sigterm_saves_a_checkpoint_flushes_the_logs_and_the_run_resumes_there(t
     at the frame it stopped at (the only one: periodic ones are off), the logs
     written up to that frame, exit code 0; the next run resumes there."""
     logdir = tmp_path / "term"
-    args = ["--task=gym_CartPole-v1", "--gin_param=train.checkpoint_every = 1000000"]
+    args = ["--task=gym_CartPole-v1", "--gin_param=train.checkpoint_every = 1000000", *NO_VIDEO]
     proc = launch(logdir, *args, "--steps=100000", wait=False)
     metrics = logdir / "metrics.jsonl"
     deadline = time.time() + 300
@@ -260,7 +265,7 @@ def test_sigterm_saves_a_checkpoint_flushes_the_logs_and_the_run_resumes_there(t
     assert json.loads(metrics.read_text().splitlines()[-1])["step"] == frame
     assert not (logdir / "saved_model").exists()  # a stopped run is not finished
 
-    out = launch(logdir, *args, f"--steps={frame + 20}")
+    out = launch(logdir, *args, *NO_EXPORT, f"--steps={frame + 20}")
     assert f"at env frame {frame}." in out
     assert json.loads(metrics.read_text().splitlines()[-1])["step"] == frame + 20
     assert out.splitlines()[-1].startswith(f"Finished {frame + 20:,} env frames; ")
@@ -342,7 +347,8 @@ def test_parallel_env_workers_feed_one_learner(tmp_path):
         "--steps=120",
         "--gin_param=train.num_envs = 2",
         "--gin_param=train.parallel_envs = True",
-        "--gin_param=train.export = False",
+        *NO_EXPORT,
+        *NO_VIDEO,
     )
     lines = [json.loads(x) for x in (logdir / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["step"] == 120 and lines[-1]["updates"] > 0
@@ -661,7 +667,7 @@ def test_sigkill_inside_a_write_loses_only_work_since_the_last_checkpoint(tmp_pa
     logdir = tmp_path / point
     args = [f"--logdir={logdir}", *DEBUG, "--task=gym_CartPole-v1", "--meta=false"]
     args += ["--steps=100000", "--gin_param=train.checkpoint_every = 40"]
-    args += ["--gin_param=train.export = False"]
+    args += [*NO_EXPORT, *NO_VIDEO]
     cmd = [sys.executable, "-c", KILL_SCRIPT, point, str(after), *args]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == -signal.SIGKILL, out.stdout[-2000:] + out.stderr[-2000:]
@@ -678,7 +684,8 @@ def test_sigkill_inside_a_write_loses_only_work_since_the_last_checkpoint(tmp_pa
         assert indexes == [latest_step(logdir), indexes[-1]] and indexes[-1] > indexes[0]
     saved = latest_step(logdir) if (logdir / "checkpoints" / "checkpoint").exists() else 0
 
-    out = launch(logdir, "--task=gym_CartPole-v1", "--meta=false", f"--steps={saved + 60}")
+    resume = ["--task=gym_CartPole-v1", "--meta=false", *NO_VIDEO, *NO_EXPORT]
+    out = launch(logdir, *resume, f"--steps={saved + 60}")
     if saved:
         assert f"Resumed from {logdir / 'checkpoints'}" in out and f"at env frame {saved}." in out
     after_restart = {p.name: p.read_bytes() for p in replay.glob("*.npz")}
