@@ -40,3 +40,16 @@ def float64():
     tf.keras.backend.set_floatx("float64")
     yield
     tf.keras.backend.set_floatx(previous)
+
+
+@pytest.fixture
+def eagerly():
+    """Runs tf.functions eagerly for the duration of a test: for tests of
+    arithmetic, which the traced update computes with the same ops (tracing a
+    tiny update costs seconds, running it eagerly a fraction of one), and for
+    wrappers that keep intermediate values."""
+    import tensorflow as tf
+
+    tf.config.run_functions_eagerly(True)
+    yield
+    tf.config.run_functions_eagerly(False)

@@ -208,14 +208,6 @@ def golden(request):
     yield trainer, ref, pairs
 
 
-@pytest.fixture
-def eager():
-    """Runs tf.functions eagerly, so that wrappers can keep intermediate values."""
-    tf.config.run_functions_eagerly(True)
-    yield
-    tf.config.run_functions_eagerly(False)
-
-
 def close(ours, ref, name: str, rtol: float = 1e-4, atol_frac: float = 1e-4, scale=None) -> None:
     """Equal up to rtol, or up to atol_frac of the largest magnitude in `ref`
     (or of `scale`: a gradient's largest entry over all its variables)."""
@@ -368,7 +360,7 @@ def compare_group(ours: dict, expected: dict, what: str) -> None:
 
 
 @pytest.mark.parametrize("mode", ["tempo", "dreamerv2"])
-def test_one_update_matches_the_release(golden, mode, eager, monkeypatch):
+def test_one_update_matches_the_release(golden, mode, eagerly, monkeypatch):
     trainer, ref, pairs = golden
     wm, ac = trainer.world_model, trainer.behavior
     values, state, metrics = run_update(trainer, ref, mode, monkeypatch)
