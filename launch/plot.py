@@ -14,7 +14,7 @@ an earlier <out>.csv, for runs whose directories are gone (a run directory of
 the same task, method and seed replaces its curve there):
 
   python -m launch.plot --from_csv docs/against_released.csv \
-      --logdirs 'runs/against/*/*/*' --out docs/against_released
+      --logdirs 'runs/against/*/*/seed[0-9]' --out docs/against_released
 """
 
 from __future__ import annotations

@@ -216,6 +216,8 @@ def aggregate(runs: list[dict]) -> dict[tuple[str, str], dict]:
         table = np.array([[dict(zip(r["steps"], r["values"]))[s] for s in steps] for r in members])
         table = table.reshape(len(members), len(steps))
         finals, aucs = _seed_final_and_auc(steps, table)
+        # Times over the seeds that have them (not those read from a CSV).
+        known_walls = [r["wall_s"] for r in members if np.isfinite(r["wall_s"])]
         curves[key] = {
             "steps": steps,
             "per_seed": table,
@@ -231,18 +233,13 @@ def aggregate(runs: list[dict]) -> dict[tuple[str, str], dict]:
             "auc_std": _std(aucs),
             "first_reward": [r.get("first_reward") for r in members],
             "rewarded": [r.get("rewarded") for r in members],
-            # Times over the seeds that have them (not those read from a CSV).
-            "wall_s": float(np.mean(known)) if (known := _known_walls(members)) else float("nan"),
-            "timed_wall_s": float(sum(known)),
+            "wall_s": float(np.mean(known_walls)) if known_walls else float("nan"),
+            "timed_wall_s": float(sum(known_walls)),
             "timed_frames": int(sum(r["timed_frames"] for r in members)),
             "frames": int(min(r["frames"] for r in members)),
             "from_csv": [r["seed"] for r in members if r.get("from_csv")],
         }
     return curves
-
-
-def _known_walls(members: list[dict]) -> list[float]:
-    return [r["wall_s"] for r in members if np.isfinite(r["wall_s"])]
 
 
 CSV_COLUMNS = ("task", "method", "step", "seeds", "per_seed")

@@ -44,12 +44,9 @@ def float64():
 
 @pytest.fixture
 def eagerly():
-    """Runs tf.functions eagerly for the duration of a test: for tests of
-    arithmetic, which the traced update computes with the same ops (tracing a
-    tiny update costs seconds, running it eagerly a fraction of one), and for
-    wrappers that keep intermediate values."""
-    import tensorflow as tf
+    """Runs tf.functions eagerly for the duration of a test
+    (`support.functions_run_eagerly`)."""
+    from support import functions_run_eagerly
 
-    tf.config.run_functions_eagerly(True)
-    yield
-    tf.config.run_functions_eagerly(False)
+    with functions_run_eagerly():
+        yield

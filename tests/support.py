@@ -3,11 +3,12 @@ random replay-like batches (re-exported from tempo.synthetic)."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import os
 import pathlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import tempo  # noqa: F401
 from tempo.agent.behavior import ActorCritic
@@ -97,3 +98,18 @@ def once_per_session(tmp_path_factory, name: str, make: Callable[[pathlib.Path],
             make(partial)
             partial.rename(path)
     return path
+
+
+@contextlib.contextmanager
+def functions_run_eagerly() -> Iterator[None]:
+    """tf.functions run eagerly inside the block: for tests of arithmetic, which
+    the traced update computes with the same ops (tracing a tiny update costs
+    seconds, running it eagerly a fraction of one), and for wrappers that keep
+    intermediate values."""
+    import tensorflow as tf
+
+    tf.config.run_functions_eagerly(True)
+    try:
+        yield
+    finally:
+        tf.config.run_functions_eagerly(False)

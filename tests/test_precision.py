@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from support import random_batch, tiny_trainer
+from support import functions_run_eagerly, random_batch, tiny_trainer
 
 SHAPES = {"image": (64, 64, 1), "vector": (3,)}
 # bfloat16 keeps 8 significant bits (relative rounding 2^-9 = 0.2% per op); a
@@ -39,11 +39,8 @@ def runs():
     """One update in each precision, run eagerly: the tests compare numbers and
     dtypes, which eager execution computes with the ops the traced update runs
     (tracing two updates took four fifths of this fixture's time)."""
-    tf.config.run_functions_eagerly(True)
-    try:
+    with functions_run_eagerly():
         return _update("float32"), _update("mixed_bfloat16")
-    finally:
-        tf.config.run_functions_eagerly(False)
 
 
 def test_bfloat16_networks_compute_in_16_bits_and_keep_float32_variables(runs):
