@@ -50,10 +50,10 @@ train: setup
 
 # Two pytest workers: much of the suite is single-threaded tracing and subprocess
 # start-up; on a 2-core CPU two workers took the suite from 17 to 11 minutes.
-# --dist loadgroup keeps the few tests marked with one xdist_group (those sharing
-# one module-scoped run) on one worker; every other test is balanced as by load.
+# Results several tests share are made once per session whichever worker asks
+# first (tests/support.py, once_per_session).
 test: setup
-	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=10
+	$(PY) -m pytest -q -n 2 --durations=10
 
 test-all: setup
 	$(PY) -m pytest -q -m ""

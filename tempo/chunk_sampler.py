@@ -147,7 +147,12 @@ class ChunkSampler:
         dataset = tf.data.Dataset.from_generator(
             lambda: self._generate(batch, length), output_signature=signature
         )
-        return dataset.prefetch(prefetch)
+        # No autotuning (the buffer's size is fixed): its model thread sleeps up
+        # to a minute between rounds, and freeing an iterator waits for it while
+        # holding the interpreter lock, which stalled whole processes.
+        options = tf.data.Options()
+        options.autotune.enabled = False
+        return dataset.prefetch(prefetch).with_options(options)
 
     def _generate(self, batch: int, length: int) -> Iterator[dict[str, np.ndarray]]:
         """Endless batches from fresh streams with their own seeded generator."""

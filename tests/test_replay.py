@@ -449,6 +449,31 @@ def test_dataset_follows_episodes_added_while_iterating(tmp_path):
     assert max(seen) >= 6, "new episodes reach the running dataset"
 
 
+def test_a_dropped_dataset_iterator_is_freed_at_once(tmp_path):
+    """The pipeline runs without tf.data's autotuning. Its model thread sleeps
+    for up to a minute between rounds, and freeing an iterator waits for that
+    thread while holding the interpreter lock: a process that ran `train` (a
+    notebook, a test, a sweep) stalled for 5-40 s whenever the garbage collector
+    freed an old run's iterator. Our prefetch buffer has a fixed size, so
+    autotuning had nothing to tune."""
+    import gc
+    import time
+
+    replay = Replay(tmp_path, capacity=100, length=4, seed=3)
+    replay.add_episode(make_episode(12, 0))
+    dataset = replay.dataset(batch=2, prefetch=2)
+    assert dataset.options().autotune.enabled is False
+    iterator = iter(dataset)
+    started = time.monotonic()
+    while time.monotonic() - started < 1.5:  # long enough for autotuning's rounds to spread
+        next(iterator)
+        time.sleep(0.01)
+    started = time.monotonic()
+    del iterator
+    gc.collect()
+    assert time.monotonic() - started < 1.0
+
+
 def test_reload_skips_older_episodes_of_another_spec_and_keeps_their_files(tmp_path, caplog):
     """A replay directory holding episodes of two observation specs (a task or
     wrapper changed between runs): the newest spec wins, older episodes of the

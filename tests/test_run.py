@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+from support import once_per_session
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEBUG = ["--gin_file", "gin_configs/base.gin", "--gin_file", "gin_configs/debug.gin"]
@@ -69,23 +70,24 @@ POLICY_SCRIPT = textwrap.dedent(
 )
 
 
-# The tests that only read a finished run's logdir (or work on a copy of it)
-# share one: one pytest-xdist worker runs them all (`--dist loadgroup`).
-shares_the_cartpole_run = pytest.mark.xdist_group("cartpole_run")
-
-
 @pytest.fixture(scope="module")
 def cartpole_run(tmp_path_factory):
-    """A finished 200-frame CartPole TEMPO run with an export: (logdir, stdout)."""
-    logdir = tmp_path_factory.mktemp("cartpole") / "run"
-    out = launch(
-        logdir,
-        "--task=gym_CartPole-v1",
-        "--steps=200",
-        "--seed=1",
-        "--gin_param=train.eval_every = 100",
-    )
-    return logdir, out
+    """A finished 200-frame CartPole TEMPO run with an export: (logdir, stdout).
+
+    Made once per test session (`support.once_per_session`), whichever
+    pytest-xdist worker asks first: the tests that use it only read it or work
+    on a copy (`copy_of`). (As a module-scoped fixture on one worker it was made
+    twice a session: a worker tears module fixtures down whenever its next test
+    comes from another module.)"""
+
+    def make(stdout):
+        logdir = stdout.parent / "cartpole_run"
+        shutil.rmtree(logdir, ignore_errors=True)  # a failed attempt's leftovers
+        args = ["--task=gym_CartPole-v1", "--steps=200", "--seed=1"]
+        stdout.write_text(launch(logdir, *args, "--gin_param=train.eval_every = 100"))
+
+    stdout = once_per_session(tmp_path_factory, "cartpole_run.stdout", make)
+    return stdout.parent / "cartpole_run", stdout.read_text()
 
 
 def copy_of(run, tmp_path):
@@ -96,7 +98,6 @@ def copy_of(run, tmp_path):
     return copy
 
 
-@shares_the_cartpole_run
 def test_gym_run_leaves_a_complete_logdir_and_a_standalone_policy(cartpole_run, tmp_path):
     logdir, out = cartpole_run
     assert (logdir / "config.gin").read_text().count("train.task = 'gym_CartPole-v1'") == 1
@@ -311,7 +312,6 @@ def test_bad_configuration_fails_with_one_line_and_writes_nothing(tmp_path, bind
     assert not (tmp_path / "y").exists()
 
 
-@shares_the_cartpole_run
 def test_evaluate_and_export_launchers(cartpole_run, tmp_path):
     logdir = copy_of(cartpole_run[0], tmp_path)
     shutil.rmtree(logdir / "saved_model")  # launch.export makes it again from the checkpoint
@@ -498,7 +498,6 @@ def test_consecutive_non_finite_updates_stop_the_run_and_keep_the_last_checkpoin
     assert values and all(np.isfinite(v).all() for v in values)
 
 
-@shares_the_cartpole_run
 def test_resuming_with_a_mismatched_config_fails_clearly_and_changes_nothing(
     cartpole_run, tmp_path
 ):
