@@ -16,31 +16,63 @@ def _changed(before, module):
     return [not np.array_equal(b, v.numpy()) for b, v in zip(before, module.trainable_variables)]
 
 
-@pytest.mark.parametrize("meta", [True, False])
-def test_one_compiled_update(meta):
-    trainer = tiny_trainer(SHAPES, discrete=True, meta=meta)
-    data = random_batch(SHAPES, 3, True, batch=3, length=6, terminal_at=3)
-    nets = {
+def _networks(trainer):
+    return {
         "world_model": trainer.world_model,
         "actor": trainer.behavior.actor,
         "critic": trainer.behavior.critic,
         "meta": trainer.meta_weighter,
     }
-    before = {name: _snapshot(net) for name, net in nets.items()}
-    state, metrics = trainer.train(data, trainer.initial_state(3))
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["tempo", "dreamerv2"])
+def updates(request):
+    """Three trainers of one kind (TEMPO or DreamerV2), seeds 7, 7 and 8, two
+    updates each on the same batch (one with an episode boundary inside): the
+    weights before and after the first update of the first, and every update's
+    metrics and carried state. Compiling an update is most of each test's time,
+    so the tests of one update, of reproducibility and of a non-finite batch
+    share these three (the last continues the seed-8 trainer)."""
+    meta = request.param
+    data = random_batch(SHAPES, 3, True, batch=2, length=4, terminal_at=2)
+    out = {"meta": meta, "data": data, "trainers": [], "metrics": [], "states": []}
+    for seed in (7, 7, 8):
+        trainer = tiny_trainer(SHAPES, discrete=True, meta=meta, seed=seed)
+        state, metrics = trainer.initial_state(2), []
+        for update in range(2):
+            if seed == 7 and not out["trainers"] and update == 0:
+                out["before"] = {k: _snapshot(n) for k, n in _networks(trainer).items()}
+            state, step_metrics = trainer.train(data, state)
+            metrics.append({k: v.numpy() for k, v in step_metrics.items()})
+            if "after" not in out:
+                out["after"] = {k: _snapshot(n) for k, n in _networks(trainer).items()}
+                out["step_after_one"] = int(trainer.step)
+        out["trainers"].append(trainer)
+        out["metrics"].append(metrics)
+        out["states"].append(state)
+    return out
+
+
+def test_one_compiled_update(updates):
+    meta, metrics, state = updates["meta"], updates["metrics"][0][0], updates["states"][0]
+    trainer = updates["trainers"][0]
+
+    def changed(name):
+        return [
+            not np.array_equal(b, a)
+            for b, a in zip(updates["before"][name], updates["after"][name])
+        ]
 
     for name in ("world_model", "actor", "critic"):
-        changed = _changed(before[name], nets[name])
-        assert all(changed), f"{name}: {changed.count(False)} variables unchanged"
-    meta_changed = _changed(before["meta"], nets["meta"])
+        assert all(changed(name)), f"{name}: {changed(name).count(False)} variables unchanged"
     if meta:
-        assert all(meta_changed)
+        assert all(changed("meta"))
         for key in ("upper_loss", "meta_weight_mean", "meta_weight_std", "meta_grad_norm"):
             assert key in metrics
         assert 0.75 <= float(metrics["meta_weight_mean"]) <= 1.25
         assert float(metrics["meta_weight_std"]) > 0
     else:
-        assert not any(meta_changed)
+        assert not any(changed("meta"))
         assert "upper_loss" not in metrics and "meta_weight_mean" not in metrics
     for key in (
         "model_loss",
@@ -56,9 +88,9 @@ def test_one_compiled_update(meta):
     ):
         assert key in metrics, key
     for key, value in metrics.items():
-        assert np.isfinite(value.numpy()), key
-    assert int(trainer.step) == 1
-    assert state["deter"].shape == (3, trainer.world_model.rssm.deter)
+        assert np.isfinite(value), key
+    assert updates["step_after_one"] == 1
+    assert state["deter"].shape == (2, trainer.world_model.rssm.deter)
 
 
 def test_carried_state_and_second_update_reuse_the_compiled_graph():
@@ -97,16 +129,10 @@ def test_slow_critic_copies_the_critic_every_n_updates():
     assert int(behavior.updates) == 3
 
 
-@pytest.mark.parametrize("meta", [True, False])
-def test_same_seed_same_batch_same_metrics(meta):
-    data = random_batch(SHAPES, 3, True, batch=2, length=4)
-    runs = []
-    for seed in (7, 7, 8):
-        trainer = tiny_trainer(SHAPES, discrete=True, meta=meta, seed=seed)
-        state = trainer.initial_state(2)
-        state, metrics = trainer.train(data, state)
-        _, metrics = trainer.train(data, state)
-        runs.append({k: float(v) for k, v in metrics.items()})
+def test_same_seed_same_batch_same_metrics(updates):
+    """Seeds 7, 7 and 8: the second update's metrics equal for the first two
+    trainers (every random draw comes from the seed), and differ for the third."""
+    runs = [{k: float(v) for k, v in metrics[1].items()} for metrics in updates["metrics"]]
     assert runs[0] == runs[1]
     assert runs[0] != runs[2]
 
@@ -167,10 +193,10 @@ def test_open_loop_video_strips():
     assert np.abs(truth.astype(int) - data["image"][:6].astype(int)).max() <= 1
 
 
-@pytest.mark.parametrize("meta", [True, False])
-def test_non_finite_batch_skips_the_update_and_is_counted(meta):
-    trainer = tiny_trainer(SHAPES, discrete=True, meta=meta)
-    good = random_batch(SHAPES, 3, True, batch=2, length=4)
+def test_non_finite_batch_skips_the_update_and_is_counted(updates):
+    """On a trainer that has made two updates (the seed-8 one): a batch with a NaN
+    reward changes no weight and is counted; the next finite batch updates."""
+    trainer, state, good = updates["trainers"][2], updates["states"][2], updates["data"]
     bad = {k: v.copy() for k, v in good.items()}
     bad["reward"][1, 2] = np.nan
     nets = [
@@ -180,7 +206,7 @@ def test_non_finite_batch_skips_the_update_and_is_counted(meta):
         trainer.behavior.critic,
     ]
     before = [_snapshot(n) for n in nets]
-    state, metrics = trainer.train(bad, trainer.initial_state(2))
+    state, metrics = trainer.train(bad, state)
     for snapshot, net in zip(before, nets):
         assert not any(_changed(snapshot, net)), net.name
     assert float(metrics["update_skipped"]) == 1.0 and float(metrics["nonfinite_streak"]) == 1.0
