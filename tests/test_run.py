@@ -204,6 +204,10 @@ def test_dmc_pixels_dreamerv2_run(tmp_path):
     assert "openl_image" in tags and "train/model_loss" in tags
 
 
+# In `make test-all`: the SIGKILL inside a checkpoint write below asserts all of
+# this (a resume at the last registered checkpoint, the episodes kept) for a
+# kill at the hardest moment.
+@pytest.mark.slow
 def test_sigkill_then_resume_at_the_checkpointed_step(tmp_path):
     logdir = tmp_path / "kill"
     args = ["--task=gym_CartPole-v1", "--meta=false", "--gin_param=train.checkpoint_every = 40"]
@@ -339,29 +343,6 @@ def test_evaluate_and_export_launchers(cartpole_run, tmp_path):
     assert out.returncode != 0 and "config.gin" in out.stderr
 
 
-def test_parallel_env_workers_feed_one_learner(tmp_path):
-    logdir = tmp_path / "par"
-    launch(
-        logdir,
-        "--task=gym_CartPole-v1",
-        "--steps=120",
-        "--gin_param=train.num_envs = 2",
-        "--gin_param=train.parallel_envs = True",
-        *NO_EXPORT,
-        *NO_VIDEO,
-    )
-    lines = [json.loads(x) for x in (logdir / "metrics.jsonl").read_text().splitlines()]
-    assert lines[-1]["step"] == 120 and lines[-1]["updates"] > 0
-    assert not (logdir / "saved_model").exists()  # train.export = False: no export
-    # Both workers' episodes reach the replay, each one complete and contiguous.
-    import numpy as np
-
-    for path in (logdir / "replay").glob("*.npz"):
-        with np.load(path) as episode:
-            assert episode["is_first"][0] and episode["is_last"][-1]
-            assert episode["is_first"].sum() == 1 and episode["is_last"].sum() == 1
-
-
 def tiny_run(logdir, task, meta=False, **overrides):
     """An in-process run of `tempo.run.train` with a tiny trainer: seconds. A
     DreamerV2 one unless `meta`: the loop is the same, and its update traces in
@@ -390,6 +371,21 @@ def tiny_run(logdir, task, meta=False, **overrides):
         ),
     )
     return train(logdir, task=task, **{**settings, **overrides})
+
+
+def test_parallel_env_workers_feed_one_learner(tmp_path):
+    logdir = tmp_path / "par"
+    summary = tiny_run(logdir, "gym_CartPole-v1", steps=120, num_envs=2, parallel_envs=True)
+    lines = [json.loads(x) for x in (logdir / "metrics.jsonl").read_text().splitlines()]
+    assert summary["step"] == lines[-1]["step"] == 120 and lines[-1]["updates"] > 0
+    assert not (logdir / "saved_model").exists()  # export=False: no export
+    # Both workers' episodes reach the replay, each one complete and contiguous.
+    files = sorted((logdir / "replay").glob("*.npz"))
+    assert len(files) >= 2
+    for path in files:
+        with np.load(path) as episode:
+            assert episode["is_first"][0] and episode["is_last"][-1]
+            assert episode["is_first"].sum() == 1 and episode["is_last"].sum() == 1
 
 
 def test_evaluations_follow_the_released_grid_and_the_budget(tmp_path):
