@@ -38,17 +38,17 @@ def updates(request):
     meta = request.param
     data = random_batch(SHAPES, 3, True, batch=2, length=4, terminal_at=2)
     out = {"meta": meta, "data": data, "trainers": [], "metrics": [], "states": []}
-    for seed in (7, 7, 8):
+    for index, seed in enumerate((7, 7, 8)):
         trainer = tiny_trainer(SHAPES, discrete=True, meta=meta, seed=seed)
         state, metrics = trainer.initial_state(2), []
+        if index == 0:
+            out["before"] = {k: _snapshot(n) for k, n in _networks(trainer).items()}
         for update in range(2):
-            if seed == 7 and not out["trainers"] and update == 0:
-                out["before"] = {k: _snapshot(n) for k, n in _networks(trainer).items()}
             state, step_metrics = trainer.train(data, state)
             metrics.append({k: v.numpy() for k, v in step_metrics.items()})
-            if "after" not in out:
+            if index == 0 and update == 0:
                 out["after"] = {k: _snapshot(n) for k, n in _networks(trainer).items()}
-                out["step_after_one"] = int(trainer.step)
+                out["step_after_one"], out["state_after_one"] = int(trainer.step), state
         out["trainers"].append(trainer)
         out["metrics"].append(metrics)
         out["states"].append(state)
@@ -56,7 +56,7 @@ def updates(request):
 
 
 def test_one_compiled_update(updates):
-    meta, metrics, state = updates["meta"], updates["metrics"][0][0], updates["states"][0]
+    meta, metrics, state = updates["meta"], updates["metrics"][0][0], updates["state_after_one"]
     trainer = updates["trainers"][0]
 
     def changed(name):
